@@ -1,0 +1,310 @@
+//! Adversarial attacks, one file each behind the [`Attack`] trait, called like torchattacks:
+//! `attack.attack(&model, images, labels)`.
+//!
+//! Every attack runs on a [`Classifier`]'s log-probabilities in evaluation mode (BatchNorm on
+//! running statistics, no parameter gradients) and returns adversarial images that stay inside
+//! `[0, 1]` and inside the attack's ε-ball around the input.
+
+pub mod fgsm;
+pub mod pgd;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Ensemble;
+pub use fgsm::Fgsm;
+pub use pgd::Pgd;
+
+/// The attacks selectable by name on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackKind {
+    /// Fast gradient sign method, one step of ε.
+    Fgsm,
+    /// Basic iterative method: PGD from the clean image.
+    Bim,
+    /// Projected gradient descent from a random start.
+    Pgd,
+}
+
+impl AttackKind {
+    /// Name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::Fgsm => "fgsm",
+            AttackKind::Bim => "bim",
+            AttackKind::Pgd => "pgd",
+        }
+    }
+}
+
+/// An attack and its parameters, as chosen on the command line or in a preset; unset
+/// parameters take the paper's defaults (10 steps of ε/10, one restart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackSpec {
+    /// Which attack.
+    pub kind: AttackKind,
+    /// L∞ budget ε, in pixel units (pixels lie in `[0, 1]`).
+    pub eps: f64,
+    /// Iterations of the iterative attacks (default 10).
+    pub steps: Option<usize>,
+    /// Step size of the iterative attacks (default ε/10).
+    pub step_size: Option<f64>,
+    /// Random restarts of PGD (default 1).
+    pub restarts: Option<usize>,
+}
+
+impl AttackSpec {
+    /// The attack with the paper's default parameters at budget `eps`.
+    pub fn new(kind: AttackKind, eps: f64) -> Self {
+        Self {
+            kind,
+            eps,
+            steps: None,
+            step_size: None,
+            restarts: None,
+        }
+    }
+
+    /// Checks the parameters, with one message naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.eps.is_finite() && (0.0..=1.0).contains(&self.eps),
+            "--eps must lie in [0, 1] (pixels are in [0, 1]), got {}",
+            self.eps
+        );
+        if let Some(s) = self.step_size {
+            anyhow::ensure!(s.is_finite() && s > 0.0, "--step-size must be > 0, got {s}");
+        }
+        anyhow::ensure!(self.steps != Some(0), "--steps must be at least 1");
+        anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
+        Ok(())
+    }
+
+    /// Builds the attack.
+    pub fn build(&self) -> Box<dyn Attack> {
+        let tuned = |base: Pgd| Pgd {
+            step_size: self.step_size.unwrap_or(base.step_size),
+            steps: self.steps.unwrap_or(base.steps),
+            restarts: self.restarts.unwrap_or(base.restarts),
+            ..base
+        };
+        match self.kind {
+            AttackKind::Fgsm => Box::new(Fgsm { eps: self.eps }),
+            AttackKind::Bim => Box::new(tuned(Pgd::bim(self.eps))),
+            AttackKind::Pgd => Box::new(tuned(Pgd::paper(self.eps))),
+        }
+    }
+}
+
+/// A differentiable classifier as attacks see it.
+pub trait Classifier {
+    /// Log-probabilities `[batch, classes]` for pixels in `[0, 1]`.
+    fn log_probs(&self, x: Tensor<4>) -> Tensor<2>;
+}
+
+/// What an attack differentiates: the whole ensemble or one of its members.
+#[derive(Debug)]
+pub struct Victim<'a> {
+    model: &'a Ensemble,
+    member: Option<usize>,
+}
+
+impl<'a> Victim<'a> {
+    /// The ensemble, through log of the mean softmax (as the official code attacks it).
+    /// `model` must be in evaluation mode, e.g. `ensemble.freeze()` on an autodiff device.
+    pub fn ensemble(model: &'a Ensemble) -> Self {
+        Self {
+            model,
+            member: None,
+        }
+    }
+
+    /// Member `k` alone, through its log-softmax.
+    pub fn member(model: &'a Ensemble, k: usize) -> Self {
+        Self {
+            model,
+            member: Some(k),
+        }
+    }
+}
+
+impl Classifier for Victim<'_> {
+    fn log_probs(&self, x: Tensor<4>) -> Tensor<2> {
+        match self.member {
+            None => self.model.forward(x).log_mean_probs(),
+            Some(k) => burn::tensor::activation::log_softmax(self.model.members[k].forward(x), 1),
+        }
+    }
+}
+
+/// What the adversary wants.
+#[derive(Debug, Clone)]
+pub enum Goal {
+    /// Any wrong class; holds the true labels.
+    Untargeted(Tensor<1, Int>),
+    /// A given class; holds the target labels.
+    Targeted(Tensor<1, Int>),
+}
+
+impl Goal {
+    /// Per-example objective to *ascend*: −log p_y (untargeted) or log p_t (targeted), `[batch]`.
+    pub fn objective(&self, log_probs: Tensor<2>) -> Tensor<1> {
+        let (labels, sign) = match self {
+            Goal::Untargeted(y) => (y, -1.0),
+            Goal::Targeted(t) => (t, 1.0),
+        };
+        let n = labels.dims()[0];
+        log_probs
+            .gather(1, labels.clone().reshape([n, 1]))
+            .reshape([n])
+            .mul_scalar(sign)
+    }
+
+    /// Whether each prediction meets the goal.
+    pub fn achieved(&self, log_probs: Tensor<2>) -> Vec<bool> {
+        let pred = log_probs.argmax(1).flatten::<1>(0, 1);
+        let (labels, want_equal) = match self {
+            Goal::Untargeted(y) => (y, false),
+            Goal::Targeted(t) => (t, true),
+        };
+        let device = pred.device();
+        let hits = pred.equal(labels.clone().to_device(&device));
+        bools(hits).into_iter().map(|eq| eq == want_equal).collect()
+    }
+}
+
+/// The result of an attack on a batch.
+#[derive(Debug, Clone)]
+pub struct AttackOutput {
+    /// Adversarial images, same shape as the input, in `[0, 1]`.
+    pub adversarial: Tensor<4>,
+    /// Whether the attack met its goal on each example.
+    pub success: Vec<bool>,
+}
+
+/// An adversarial attack.
+pub trait Attack {
+    /// A short description with parameters, e.g. `PGD(eps=0.1, steps=10)`.
+    fn name(&self) -> String;
+
+    /// Crafts adversarial examples for `goal`.
+    fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput;
+
+    /// Untargeted attack on the true `labels` (the torchattacks-style call).
+    fn attack(
+        &self,
+        model: &dyn Classifier,
+        images: Tensor<4>,
+        labels: Tensor<1, Int>,
+    ) -> AttackOutput {
+        self.run(model, images, &Goal::Untargeted(labels))
+    }
+}
+
+/// The L∞ attack budget and its checks, shared by the gradient-sign attacks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LinfBudget {
+    /// Maximum per-pixel change ε.
+    pub eps: f64,
+}
+
+impl LinfBudget {
+    /// Projects `x` onto the ε-ball around `x0` intersected with `[0, 1]`.
+    pub fn project(&self, x: Tensor<4>, x0: &Tensor<4>) -> Tensor<4> {
+        let lo = x0.clone().sub_scalar(self.eps).clamp_min(0.0);
+        let hi = x0.clone().add_scalar(self.eps).clamp_max(1.0);
+        x.max_pair(lo).min_pair(hi)
+    }
+}
+
+/// The gradient of the goal's objective (summed over the batch) with respect to the input,
+/// together with the log-probabilities at `x`. `x` may live on a plain device: it is lifted to the
+/// autodiff context of the model's device for the backward pass.
+pub fn input_gradient(
+    model: &dyn Classifier,
+    x: &Tensor<4>,
+    goal: &Goal,
+) -> (Tensor<4>, Tensor<2>) {
+    let xg = x.clone().detach().autodiff().require_grad();
+    let log_probs = model.log_probs(xg.clone());
+    let grads = goal.objective(log_probs.clone()).sum().backward();
+    let g = xg.grad(&grads).expect("the input takes part in the graph");
+    (g, log_probs.detach().without_autodiff())
+}
+
+/// Reads a boolean tensor into a vector.
+pub fn bools(t: Tensor<1, Bool>) -> Vec<bool> {
+    t.into_data()
+        .try_into_vec_as::<bool>()
+        .expect("a boolean tensor")
+}
+
+/// Random target classes different from the true ones, drawn with `seed`.
+pub fn random_targets(labels: &Tensor<1, Int>, num_classes: usize, seed: u64) -> Tensor<1, Int> {
+    use rand::{Rng, SeedableRng};
+    let y: Vec<i64> = labels
+        .to_data()
+        .try_into_vec_as::<i64>()
+        .expect("int labels");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let t: Vec<i64> = y
+        .iter()
+        .map(|&y| {
+            let shift = rng.random_range(1..num_classes as i64);
+            (y + shift) % num_classes as i64
+        })
+        .collect();
+    let n = t.len();
+    Tensor::from_data(TensorData::new(t, [n]), &labels.device())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A linear softmax classifier z = W·flatten(x) + b, whose input gradient is known in closed form.
+    pub(crate) struct Linear {
+        pub w: Tensor<2>, // [L, P]
+        pub b: Tensor<1>, // [L]
+    }
+
+    impl Classifier for Linear {
+        fn log_probs(&self, x: Tensor<4>) -> Tensor<2> {
+            let device = x.device();
+            let flat = x.flatten::<2>(1, 3);
+            let w = self.w.clone().to_device(&device);
+            let b = self.b.clone().to_device(&device).unsqueeze::<2>();
+            burn::tensor::activation::log_softmax(flat.matmul(w.transpose()) + b, 1)
+        }
+    }
+
+    pub(crate) fn floats(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// Asserts that `adv` lies in [0, 1] and within `eps` (L∞) of `x`.
+    pub(crate) fn assert_in_budget(adv: Tensor<4>, x: Tensor<4>, eps: f64) {
+        let (a, x) = (floats(adv), floats(x));
+        for (a, x) in a.iter().zip(&x) {
+            assert!((0.0..=1.0).contains(a), "pixel {a} left [0, 1]");
+            assert!(((a - x).abs() as f64) <= eps + 1e-6, "|{a} - {x}| > {eps}");
+        }
+    }
+
+    #[test]
+    fn random_targets_differ_from_labels() {
+        let d = Device::default();
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new((0..50i64).map(|i| i % 10).collect(), [50]),
+            &d,
+        );
+        let t = random_targets(&y, 10, 3);
+        let (y, t): (Vec<i64>, Vec<i64>) = (
+            y.into_data().try_into_vec_as::<i64>().unwrap(),
+            t.into_data().try_into_vec_as::<i64>().unwrap(),
+        );
+        assert!(y.iter().zip(&t).all(|(a, b)| a != b && (0..10).contains(b)));
+    }
+}

@@ -1,0 +1,162 @@
+//! Projected gradient descent under L∞ (Madry et al., 2018), and BIM (Kurakin et al., 2017) as
+//! its special case without random start:
+//!
+//! x⁰ = x + U(−ε, ε)ⁿ (random start) or x,  xᵗ⁺¹ = Π_{B∞(x, ε) ∩ [0,1]}(xᵗ + η·sign(∇ₓ J(xᵗ))).
+//!
+//! The paper's default is 10 steps of η = ε/10. With `restarts > 1` every restart begins from a
+//! fresh random point and an example keeps the first adversarial example that meets the goal
+//! (or the last iterate of the last restart when none does).
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use super::{Attack, AttackOutput, Classifier, Goal, LinfBudget, input_gradient};
+
+/// Projected gradient descent (sign steps, L∞ ball).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pgd {
+    /// L∞ budget ε.
+    pub eps: f64,
+    /// Step size η.
+    pub step_size: f64,
+    /// Iterations per restart.
+    pub steps: usize,
+    /// Start from a uniform random point of the ε-ball (PGD) or from x itself (BIM).
+    pub random_start: bool,
+    /// Number of restarts (>= 1); only useful with a random start.
+    pub restarts: usize,
+}
+
+impl Pgd {
+    /// The paper's PGD: 10 steps of ε/10 from a random start, one restart.
+    pub fn paper(eps: f64) -> Self {
+        Self {
+            eps,
+            step_size: eps / 10.0,
+            steps: 10,
+            random_start: true,
+            restarts: 1,
+        }
+    }
+
+    /// The paper's BIM: 10 steps of ε/10 from the clean image.
+    pub fn bim(eps: f64) -> Self {
+        Self {
+            random_start: false,
+            ..Self::paper(eps)
+        }
+    }
+
+    /// One restart: the final iterate.
+    fn run_once(&self, model: &dyn Classifier, x0: &Tensor<4>, goal: &Goal) -> Tensor<4> {
+        let budget = LinfBudget { eps: self.eps };
+        let mut x = if self.random_start {
+            let noise = Tensor::<4>::random(
+                x0.shape(),
+                Distribution::Uniform(-self.eps, self.eps),
+                &x0.device(),
+            );
+            budget.project(x0.clone() + noise, x0)
+        } else {
+            x0.clone()
+        };
+        for _ in 0..self.steps {
+            let (g, _) = input_gradient(model, &x, goal);
+            x = budget.project(x + g.sign().mul_scalar(self.step_size), x0);
+        }
+        x
+    }
+}
+
+impl Attack for Pgd {
+    fn name(&self) -> String {
+        let kind = if self.random_start { "PGD" } else { "BIM" };
+        format!(
+            "{kind}(eps={}, step={}, steps={}, restarts={})",
+            self.eps, self.step_size, self.steps, self.restarts
+        )
+    }
+
+    fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
+        let x0 = images.detach().without_autodiff();
+        let n = x0.dims()[0];
+        let mut best = x0.clone();
+        let mut success = vec![false; n];
+        for _ in 0..self.restarts.max(1) {
+            let adv = self.run_once(model, &x0, goal);
+            let hit = goal.achieved(model.log_probs(adv.clone()).detach().without_autodiff());
+            // Replace examples not yet broken by this restart's iterate.
+            let take: Vec<bool> = success.iter().map(|s| !s).collect();
+            let mask = Tensor::<1, Bool>::from_data(
+                burn::tensor::TensorData::new(take, [n]),
+                &x0.device(),
+            )
+            .reshape([n, 1, 1, 1])
+            .expand(x0.shape());
+            best = best.mask_where(mask, adv);
+            for (s, h) in success.iter_mut().zip(hit) {
+                *s |= h;
+            }
+            if success.iter().all(|s| *s) {
+                break;
+            }
+        }
+        AttackOutput {
+            adversarial: best,
+            success,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::tests::{Linear, assert_in_budget, floats};
+    use burn::tensor::TensorData;
+
+    fn toy() -> (Linear, Tensor<4>, Tensor<1, Int>) {
+        let d = Device::default();
+        let w = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
+            &d,
+        );
+        let model = Linear {
+            w,
+            b: Tensor::zeros([2], &d),
+        };
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![0.5f32, 0.5, 0.5, 0.95], [1, 1, 2, 2]),
+            &d,
+        );
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d);
+        (model, x, y)
+    }
+
+    #[test]
+    fn bim_on_a_linear_model_walks_to_the_corner_of_the_ball() {
+        // The gradient sign of a linear model never changes, so BIM ends at x + ε·sign(W_1 − W_0),
+        // clipped to [0, 1]: the same point as FGSM.
+        let (model, x, y) = toy();
+        let out = Pgd::bim(0.2).attack(&model, x.clone(), y);
+        let expected = [0.3f32, 0.7, 0.3, 1.0];
+        for (a, e) in floats(out.adversarial.clone()).iter().zip(expected) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+        assert_in_budget(out.adversarial, x, 0.2);
+    }
+
+    #[test]
+    fn random_start_with_restarts_stays_in_budget() {
+        let (model, x, y) = toy();
+        let x = x.repeat_dim(0, 16);
+        let y = y.repeat_dim(0, 16);
+        let pgd = Pgd {
+            restarts: 3,
+            steps: 3,
+            ..Pgd::paper(0.05)
+        };
+        let out = pgd.attack(&model, x.clone(), y);
+        assert_eq!(out.success.len(), 16);
+        assert_in_budget(out.adversarial, x, 0.05);
+    }
+}

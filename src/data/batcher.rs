@@ -1,0 +1,125 @@
+//! Mini-batches as tensors, with a shuffle that depends only on `(seed, epoch)` so that a resumed
+//! run sees exactly the batches an uninterrupted one would.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use super::Dataset;
+
+/// One mini-batch on a device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[batch, channels, height, width]`, pixels in `[0, 1]`.
+    pub images: Tensor<4>,
+    /// `[batch]` class indices.
+    pub labels: Tensor<1, Int>,
+}
+
+/// Splits a [`Dataset`] into mini-batches.
+#[derive(Debug, Clone)]
+pub struct Batcher<'a> {
+    data: &'a Dataset,
+    batch_size: usize,
+    order: Vec<usize>,
+}
+
+impl<'a> Batcher<'a> {
+    /// Batches in data-set order (evaluation).
+    pub fn sequential(data: &'a Dataset, batch_size: usize) -> Self {
+        Self {
+            data,
+            batch_size: batch_size.max(1),
+            order: (0..data.len()).collect(),
+        }
+    }
+
+    /// Batches in an order shuffled by `(seed, epoch)` (training).
+    pub fn shuffled(data: &'a Dataset, batch_size: usize, seed: u64, epoch: usize) -> Self {
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        order.shuffle(&mut rng);
+        Self {
+            data,
+            batch_size: batch_size.max(1),
+            order,
+        }
+    }
+
+    /// Number of batches (the last one may be smaller).
+    pub fn num_batches(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+
+    /// Indices into the data set of batch `i`.
+    pub fn indices(&self, i: usize) -> &[usize] {
+        let start = i * self.batch_size;
+        &self.order[start..(start + self.batch_size).min(self.order.len())]
+    }
+
+    /// Materialises batch `i` on `device`.
+    pub fn batch(&self, i: usize, device: &Device) -> Batch {
+        gather(self.data, self.indices(i), device)
+    }
+
+    /// Iterates over all batches in order.
+    pub fn iter<'b>(&'b self, device: &'b Device) -> impl Iterator<Item = Batch> + 'b {
+        (0..self.num_batches()).map(move |i| self.batch(i, device))
+    }
+}
+
+/// Builds a batch from the examples at `indices`.
+pub fn gather(data: &Dataset, indices: &[usize], device: &Device) -> Batch {
+    let per = data.image_len();
+    let mut pixels = Vec::with_capacity(indices.len() * per);
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        pixels.extend_from_slice(&data.images[i * per..(i + 1) * per]);
+        labels.push(data.labels[i] as i64);
+    }
+    let [c, h, w] = data.shape;
+    let n = indices.len();
+    Batch {
+        images: Tensor::from_data(TensorData::new(pixels, [n, c, h, w]), device),
+        labels: Tensor::from_data(TensorData::new(labels, [n]), device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize) -> Dataset {
+        let images = (0..n).map(|i| i as f32 / n as f32).collect();
+        let labels = (0..n).map(|i| (i % 10) as u8).collect();
+        Dataset::new(images, labels, [1, 1, 1], 10).unwrap()
+    }
+
+    #[test]
+    fn shuffle_is_a_seeded_permutation() {
+        let ds = toy(103);
+        let a = Batcher::shuffled(&ds, 10, 7, 3);
+        let b = Batcher::shuffled(&ds, 10, 7, 3);
+        let c = Batcher::shuffled(&ds, 10, 7, 4);
+        assert_eq!(a.order, b.order);
+        assert_ne!(a.order, c.order);
+        let mut sorted = a.order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..103).collect::<Vec<_>>());
+        assert_eq!(a.num_batches(), 11);
+        assert_eq!(a.indices(10).len(), 3);
+    }
+
+    #[test]
+    fn batches_carry_the_right_pixels_and_labels() {
+        let ds = toy(20);
+        let device = Device::default();
+        let batch = Batcher::sequential(&ds, 8).batch(1, &device);
+        assert_eq!(batch.images.dims(), [8, 1, 1, 1]);
+        let labels: Vec<i64> = batch.labels.into_data().try_into_vec_as::<i64>().unwrap();
+        assert_eq!(labels, vec![8, 9, 0, 1, 2, 3, 4, 5]);
+    }
+}

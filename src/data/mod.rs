@@ -1,0 +1,299 @@
+//! Data sets, their on-disk formats and mini-batching.
+//!
+//! Pixels are kept in `[0, 1]` everywhere: any normalisation lives inside the model, so attack
+//! budgets (ε) and clipping are always in pixel space.
+
+pub mod batcher;
+pub mod fetch;
+pub mod idx;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+pub use batcher::{Batch, Batcher};
+
+/// The data sets `adp` knows how to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// MNIST handwritten digits, 1x28x28, 10 classes.
+    Mnist,
+    /// Fashion-MNIST, 1x28x28, 10 classes, same IDX layout as MNIST.
+    FashionMnist,
+}
+
+impl DatasetKind {
+    /// Name used on the command line and in directory names.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// Default directory under which `adp data fetch` stores this data set.
+    pub fn default_dir(self) -> PathBuf {
+        PathBuf::from("data").join(self.name())
+    }
+
+    /// Number of classes L.
+    pub fn num_classes(self) -> usize {
+        10
+    }
+}
+
+/// Which half of a data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training set.
+    Train,
+    /// The test set (never used for model selection).
+    Test,
+}
+
+/// An in-memory image classification data set with pixels in `[0, 1]`, NCHW layout.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// `len * channels * height * width` pixels.
+    pub images: Vec<f32>,
+    /// One label per image, each `< num_classes`.
+    pub labels: Vec<u8>,
+    /// `[channels, height, width]`.
+    pub shape: [usize; 3],
+    /// Number of classes L.
+    pub num_classes: usize,
+}
+
+impl Dataset {
+    /// Builds a data set after checking that sizes, labels and pixel values are consistent.
+    pub fn new(
+        images: Vec<f32>,
+        labels: Vec<u8>,
+        shape: [usize; 3],
+        num_classes: usize,
+    ) -> Result<Self> {
+        let per = shape.iter().product::<usize>();
+        ensure!(per > 0, "image shape {shape:?} has no pixels");
+        ensure!(!labels.is_empty(), "the data set is empty");
+        ensure!(
+            images.len() == labels.len() * per,
+            "{} pixels do not make {} images of shape {shape:?}",
+            images.len(),
+            labels.len()
+        );
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
+            anyhow::bail!("label {bad} is out of range for {num_classes} classes");
+        }
+        if let Some(i) = images.iter().position(|p| !p.is_finite()) {
+            anyhow::bail!(
+                "pixel {i} is not finite ({}); the data is corrupt",
+                images[i]
+            );
+        }
+        Ok(Self {
+            images,
+            labels,
+            shape,
+            num_classes,
+        })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the data set has no examples (never true for a validated data set).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image.
+    pub fn image_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The first `n` examples (all of them when `n >= len`).
+    pub fn take(&self, n: usize) -> Dataset {
+        let n = n.min(self.len());
+        Dataset {
+            images: self.images[..n * self.image_len()].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            shape: self.shape,
+            num_classes: self.num_classes,
+        }
+    }
+
+    /// Per-channel mean and standard deviation of the pixels, used to normalise inside the model.
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let [c, h, w] = self.shape;
+        let plane = h * w;
+        let mut mean = vec![0f64; c];
+        let mut sq = vec![0f64; c];
+        for img in self.images.chunks(c * plane) {
+            for ch in 0..c {
+                for &p in &img[ch * plane..(ch + 1) * plane] {
+                    mean[ch] += p as f64;
+                    sq[ch] += (p as f64) * (p as f64);
+                }
+            }
+        }
+        let n = (self.len() * plane) as f64;
+        let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| ((s / n - m * m).max(1e-12)).sqrt() as f32)
+            .collect();
+        (mean.iter().map(|&m| m as f32).collect(), std)
+    }
+}
+
+/// File names of the four IDX files of (Fashion-)MNIST; each may also carry a `.gz` suffix.
+pub const IDX_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// Finds `name` or `name.gz` in `dir`.
+fn locate(dir: &Path, name: &str, kind: DatasetKind) -> Result<PathBuf> {
+    let plain = dir.join(name);
+    if plain.exists() {
+        return Ok(plain);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.exists() {
+        return Ok(gz);
+    }
+    anyhow::bail!(
+        "{} is missing (nor is there a .gz); run `adp data fetch {} --dir {}`",
+        plain.display(),
+        kind.name(),
+        dir.display()
+    )
+}
+
+/// Loads one split of MNIST or Fashion-MNIST from `dir`, validating every file.
+pub fn load_idx_dataset(dir: &Path, kind: DatasetKind, split: Split) -> Result<Dataset> {
+    let (img_name, lbl_name) = match split {
+        Split::Train => (IDX_FILES[0], IDX_FILES[1]),
+        Split::Test => (IDX_FILES[2], IDX_FILES[3]),
+    };
+    let img_path = locate(dir, img_name, kind)?;
+    let lbl_path = locate(dir, lbl_name, kind)?;
+    let images = idx::read_idx(&img_path, 3)?;
+    let labels = idx::read_idx(&lbl_path, 1)?;
+    let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);
+    let hint = || {
+        format!(
+            "delete {} and run `adp data fetch {}` again",
+            dir.display(),
+            kind.name()
+        )
+    };
+    ensure!(
+        (h, w) == (28, 28),
+        "{} holds {h}x{w} images, expected 28x28; {}",
+        img_path.display(),
+        hint()
+    );
+    ensure!(
+        labels.dims[0] == n,
+        "{} holds {} labels but {} holds {n} images; {}",
+        lbl_path.display(),
+        labels.dims[0],
+        img_path.display(),
+        hint()
+    );
+    let pixels = images.data.iter().map(|&p| p as f32 / 255.0).collect();
+    Dataset::new(pixels, labels.data, [1, h, w], kind.num_classes())
+        .with_context(|| format!("{} is corrupt; {}", lbl_path.display(), hint()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::data::idx::encode_idx;
+
+    /// Writes a tiny but well-formed MNIST-layout directory with `n` examples per split.
+    pub(crate) fn write_fake_mnist(dir: &Path, n: u32) {
+        let imgs: Vec<u8> = (0..n * 784).map(|i| (i % 251) as u8).collect();
+        let lbls: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        for prefix in ["train", "t10k"] {
+            std::fs::write(
+                dir.join(format!("{prefix}-images-idx3-ubyte")),
+                encode_idx(&[n, 28, 28], &imgs),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.join(format!("{prefix}-labels-idx1-ubyte")),
+                encode_idx(&[n], &lbls),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn loads_a_well_formed_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write_fake_mnist(dir.path(), 12);
+        let ds = load_idx_dataset(dir.path(), DatasetKind::Mnist, Split::Test).unwrap();
+        assert_eq!(ds.len(), 12);
+        assert_eq!(ds.shape, [1, 28, 28]);
+        assert!(ds.images.iter().all(|p| (0.0..=1.0).contains(p)));
+        assert_eq!(ds.labels[11], 1);
+    }
+
+    #[test]
+    fn missing_file_names_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_idx_dataset(dir.path(), DatasetKind::Mnist, Split::Train).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("train-images-idx3-ubyte"), "{msg}");
+        assert!(msg.contains("adp data fetch mnist"), "{msg}");
+    }
+
+    #[test]
+    fn mismatched_counts_and_bad_labels_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        write_fake_mnist(dir.path(), 5);
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[4], &[0, 1, 2, 3]),
+        )
+        .unwrap();
+        let msg = format!(
+            "{:#}",
+            load_idx_dataset(dir.path(), DatasetKind::Mnist, Split::Test).unwrap_err()
+        );
+        assert!(msg.contains("4 labels"), "{msg}");
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[5], &[0, 1, 2, 3, 42]),
+        )
+        .unwrap();
+        let msg = format!(
+            "{:#}",
+            load_idx_dataset(dir.path(), DatasetKind::Mnist, Split::Test).unwrap_err()
+        );
+        assert!(msg.contains("label 42"), "{msg}");
+    }
+
+    #[test]
+    fn nan_pixels_and_empty_sets_are_rejected() {
+        assert!(Dataset::new(vec![f32::NAN], vec![0], [1, 1, 1], 10).is_err());
+        assert!(Dataset::new(vec![], vec![], [1, 1, 1], 10).is_err());
+    }
+
+    #[test]
+    fn channel_stats_are_exact_on_a_constant_image() {
+        let ds = Dataset::new(vec![0.25; 8], vec![0, 1], [1, 2, 2], 10).unwrap();
+        let (m, s) = ds.channel_stats();
+        assert!((m[0] - 0.25).abs() < 1e-6);
+        assert!(s[0] < 1e-5);
+    }
+}

@@ -1,0 +1,54 @@
+//! Run-time choice of the device, and so of the burn backend: `--device cpu|cuda|wgpu`.
+
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+
+/// A device the user can ask for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// burn's pure-Rust CPU backend (`flex`, default feature).
+    #[default]
+    Cpu,
+    /// NVIDIA GPU through CUDA (cargo feature `cuda`).
+    Cuda,
+    /// Any GPU through wgpu (Vulkan/Metal/DX12; cargo feature `wgpu`).
+    Wgpu,
+}
+
+impl DeviceKind {
+    /// Creates the device, or explains which cargo feature to build with.
+    pub fn device(self) -> anyhow::Result<Device> {
+        match self {
+            #[cfg(feature = "flex")]
+            DeviceKind::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => Ok(Device::cuda(0)),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => Ok(Device::wgpu(Default::default())),
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "--device {} is not compiled into this binary; rebuild with `cargo build --release --features {}`",
+                other.name(),
+                other.feature()
+            ),
+        }
+    }
+
+    /// Name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Wgpu => "wgpu",
+        }
+    }
+
+    fn feature(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "flex",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Wgpu => "wgpu",
+        }
+    }
+}

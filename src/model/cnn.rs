@@ -1,0 +1,59 @@
+//! A small CNN for fast CPU experiments: conv(32)-pool-conv(64)-pool-dense(128)-dense(L).
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+
+use super::{MemberConfig, Normalize, he_normal, kernel_sq};
+
+/// The small CNN.
+#[derive(Module, Debug)]
+pub struct Cnn {
+    norm: Normalize,
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Cnn {
+    /// Builds a freshly initialised CNN on `device`.
+    pub fn new(config: &MemberConfig, device: &Device) -> Self {
+        let [c, h, w] = config.input_shape;
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_initializer(he_normal())
+                .init(device)
+        };
+        let flat = 64 * (h / 4) * (w / 4);
+        Self {
+            norm: Normalize::new(config.mean.clone(), config.std.clone()),
+            conv1: conv(c, 32),
+            conv2: conv(32, 64),
+            fc1: LinearConfig::new(flat, 128)
+                .with_initializer(he_normal())
+                .init(device),
+            fc2: LinearConfig::new(128, config.num_classes)
+                .with_initializer(he_normal())
+                .init(device),
+        }
+    }
+
+    /// Logits for pixels in `[0, 1]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.norm.forward(x);
+        let x = max_pool2d(relu(self.conv1.forward(x)), MaxPoolOptions::new([2, 2]));
+        let x = max_pool2d(relu(self.conv2.forward(x)), MaxPoolOptions::new([2, 2]));
+        let x = x.flatten::<2>(1, 3);
+        self.fc2.forward(relu(self.fc1.forward(x)))
+    }
+
+    /// Sum of squared conv kernels.
+    pub fn conv_l2(&self) -> Tensor<1> {
+        kernel_sq(&self.conv1) + kernel_sq(&self.conv2)
+    }
+}

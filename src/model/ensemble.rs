@@ -1,0 +1,74 @@
+//! An ensemble of K members whose prediction is the mean of their softmax outputs (Eq. 1).
+
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+
+use super::{Member, MemberConfig};
+
+/// K classifiers trained together.
+#[derive(Module, Debug)]
+pub struct Ensemble {
+    /// The members F^1 … F^K.
+    pub members: Vec<Member>,
+}
+
+/// The members' raw outputs on one batch.
+#[derive(Debug, Clone)]
+pub struct EnsembleOutput {
+    /// Logits `[batch, K, L]`.
+    pub logits: Tensor<3>,
+}
+
+impl EnsembleOutput {
+    /// Each member's prediction F^k = softmax(z^k / T), `[batch, K, L]`.
+    pub fn member_probs(&self, temperature: f64) -> Tensor<3> {
+        softmax(self.logits.clone().div_scalar(temperature), 2)
+    }
+
+    /// The ensemble prediction F = (1/K) Σ_k F^k (Eq. 1), `[batch, L]`.
+    pub fn mean_probs(&self) -> Tensor<2> {
+        self.member_probs(1.0).mean_dim(1).squeeze_dim(1)
+    }
+
+    /// log F computed stably as logsumexp_k(log F^k) − log K, `[batch, L]`: the output that
+    /// attacks differentiate, as in the official code's attacks on log(mean softmax).
+    pub fn log_mean_probs(&self) -> Tensor<2> {
+        let [_, k, _] = self.logits.dims();
+        let lp = log_softmax(self.logits.clone(), 2);
+        let max = lp.clone().max_dim(1).detach();
+        let lse = (lp - max.clone()).exp().sum_dim(1).log() + max;
+        lse.squeeze_dim::<2>(1).sub_scalar((k as f64).ln())
+    }
+
+    /// The mean of the members' logits, `[batch, L]` (an alternative target for attacks).
+    pub fn mean_logits(&self) -> Tensor<2> {
+        self.logits.clone().mean_dim(1).squeeze_dim(1)
+    }
+}
+
+impl Ensemble {
+    /// K freshly initialised members; each draws its own weights from the device's RNG.
+    pub fn new(config: &MemberConfig, k: usize, device: &Device) -> Self {
+        Self {
+            members: (0..k).map(|_| Member::new(config, device)).collect(),
+        }
+    }
+
+    /// Number of members K.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the ensemble has no members (never true for a constructed ensemble).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Runs every member on `x` (pixels in `[0, 1]`).
+    pub fn forward(&self, x: Tensor<4>) -> EnsembleOutput {
+        let logits = self.members.iter().map(|m| m.forward(x.clone())).collect();
+        EnsembleOutput {
+            logits: Tensor::stack(logits, 1),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Classifiers and the ensemble built from them.
+//!
+//! Every member takes images with pixels in `[0, 1]` and normalises them itself
+//! ([`Normalize`]), so attack budgets stay in pixel space.
+
+pub mod cnn;
+pub mod ensemble;
+pub mod resnet;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use cnn::Cnn;
+pub use ensemble::{Ensemble, EnsembleOutput};
+pub use resnet::ResNet;
+
+/// Architecture of each ensemble member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Two conv layers and two dense layers: fast on a CPU.
+    Cnn,
+    /// ResNet-20 v1 as in the paper's official code (Keras `resnet_v1`, depth 20).
+    Resnet20,
+}
+
+/// Everything needed to rebuild one member before loading its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberConfig {
+    /// Architecture.
+    pub kind: ModelKind,
+    /// Input `[channels, height, width]`.
+    pub input_shape: [usize; 3],
+    /// Number of classes L.
+    pub num_classes: usize,
+    /// Per-channel mean subtracted inside the model.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided out inside the model.
+    pub std: Vec<f32>,
+}
+
+/// Per-channel `(x - mean) / std`, with constants that are part of the model's configuration.
+#[derive(Module, Debug)]
+pub struct Normalize {
+    #[module(skip)]
+    mean: Vec<f32>,
+    #[module(skip)]
+    std: Vec<f32>,
+}
+
+impl Normalize {
+    /// A normalisation with the given per-channel statistics.
+    pub fn new(mean: Vec<f32>, std: Vec<f32>) -> Self {
+        Self { mean, std }
+    }
+
+    /// Applies the normalisation to `[batch, channels, height, width]` pixels.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let device = x.device();
+        let c = self.mean.len();
+        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device).reshape([1, c, 1, 1]);
+        let inv: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
+        let inv = Tensor::<1>::from_floats(inv.as_slice(), &device).reshape([1, c, 1, 1]);
+        (x - mean) * inv
+    }
+}
+
+/// One member of the ensemble.
+#[derive(Module, Debug)]
+pub enum Member {
+    /// The small CNN.
+    Cnn(Cnn),
+    /// ResNet-20 v1.
+    ResNet(ResNet),
+}
+
+impl Member {
+    /// Builds a freshly initialised member on `device`.
+    pub fn new(config: &MemberConfig, device: &Device) -> Self {
+        match config.kind {
+            ModelKind::Cnn => Member::Cnn(Cnn::new(config, device)),
+            ModelKind::Resnet20 => Member::ResNet(ResNet::new(config, 3, device)),
+        }
+    }
+
+    /// Logits `[batch, classes]` for pixels `[batch, c, h, w]` in `[0, 1]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Member::Cnn(m) => m.forward(x),
+            Member::ResNet(m) => m.forward(x),
+        }
+    }
+
+    /// Sum of squared convolution kernels, the Keras `l2` kernel regulariser of the official code.
+    pub fn conv_l2(&self) -> Tensor<1> {
+        match self {
+            Member::Cnn(m) => m.conv_l2(),
+            Member::ResNet(m) => m.conv_l2(),
+        }
+    }
+}
+
+/// Sum of squares of a convolution's kernel (bias excluded), as a `[1]` tensor.
+pub(crate) fn kernel_sq(conv: &burn::nn::conv::Conv2d) -> Tensor<1> {
+    conv.weight.val().powi_scalar(2).sum()
+}
+
+/// He-normal initialisation (Keras `he_normal`, std = sqrt(2 / fan_in)).
+pub(crate) fn he_normal() -> burn::nn::Initializer {
+    burn::nn::Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: false,
+    }
+}

@@ -1,0 +1,232 @@
+//! `adp reproduce mnist`: the paper's MNIST comparison from one command — fetch the data, train
+//! ECE, ADP_{2,0} and ADP_{2,0.5} with the same seed and budget, attack all three with the
+//! Table 2 attacks, and write one comparison table.
+//!
+//! Each method trains into its own run directory under the output directory. A finished run
+//! (its `model.safetensors` exists and its configuration matches) is reused instead of retrained,
+//! and an interrupted one is resumed from its last checkpoint, so running the command again never
+//! loses finished work.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+
+use crate::attack::{AttackKind, AttackSpec};
+use crate::data::{DatasetKind, Split, fetch, load_idx_dataset};
+use crate::device::DeviceKind;
+use crate::eval::{EvalReport, clean, robust};
+use crate::model::ModelKind;
+use crate::train::checkpoint::load_run;
+use crate::train::{Method, TrainConfig, train};
+
+/// How much compute a reproduction spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// Seconds: a smoke test of the whole pipeline (used by the test suite).
+    Tiny,
+    /// About 20 minutes on 2 CPU cores: small CNNs, a shortened schedule, attacks on 1000
+    /// test images.
+    Cpu,
+    /// The paper's setting: 3 ResNet-20, 40 epochs (drops at 15 and 30), the full test set.
+    Paper,
+}
+
+/// Everything that defines a reproduction; saved as `OUT/reproduce.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReproduceConfig {
+    /// Preset the settings came from.
+    pub preset: Preset,
+    /// Data set (MNIST or Fashion-MNIST, same attacks).
+    pub dataset: DatasetKind,
+    /// Directory of the data set's files.
+    pub data_dir: PathBuf,
+    /// The training configuration shared by all methods (method, α and β are overridden).
+    pub train: TrainConfig,
+    /// The methods as (α, β); (0, 0) is the ECE baseline.
+    pub methods: Vec<(f64, f64)>,
+    /// Test images used for the clean error (Table 1).
+    pub clean_examples: usize,
+    /// Test images attacked (the first N of the test set).
+    pub attack_examples: usize,
+    /// The attacks, Table 2's rows.
+    pub attacks: Vec<AttackSpec>,
+    /// Batch size for evaluation and attacks.
+    pub eval_batch_size: usize,
+}
+
+impl ReproduceConfig {
+    /// The settings of `preset` for `dataset`.
+    pub fn preset(
+        preset: Preset,
+        dataset: DatasetKind,
+        data_dir: PathBuf,
+        device: DeviceKind,
+    ) -> Self {
+        let mut train = TrainConfig::paper_mnist(Method::Ece, 0.0, 0.0);
+        train.dataset = dataset;
+        train.data_dir = data_dir.clone();
+        train.device = device;
+        let table2 =
+            |eps: &[(AttackKind, f64)]| eps.iter().map(|&(k, e)| AttackSpec::new(k, e)).collect();
+        let (clean_examples, attack_examples, attacks) = match preset {
+            Preset::Tiny => {
+                train.model = ModelKind::Cnn;
+                train.epochs = 1;
+                train.lr_drops = vec![];
+                train.train_limit = Some(256);
+                (
+                    64,
+                    32,
+                    table2(&[(AttackKind::Fgsm, 0.1), (AttackKind::Pgd, 0.1)]),
+                )
+            }
+            Preset::Cpu => {
+                train.model = ModelKind::Cnn;
+                train.epochs = 4;
+                train.lr_drops = vec![3];
+                train.train_limit = Some(20_000);
+                (10_000, 1000, paper_attacks())
+            }
+            Preset::Paper => (10_000, 10_000, paper_attacks()),
+        };
+        Self {
+            preset,
+            dataset,
+            data_dir,
+            train,
+            methods: vec![(0.0, 0.0), (2.0, 0.0), (2.0, 0.5)],
+            clean_examples,
+            attack_examples,
+            attacks,
+            eval_batch_size: 250,
+        }
+    }
+
+    /// The training configuration of method (α, β).
+    pub fn train_config(&self, alpha: f64, beta: f64) -> TrainConfig {
+        let method = if alpha == 0.0 && beta == 0.0 {
+            Method::Ece
+        } else {
+            Method::Adp
+        };
+        let mut c = self.train.clone();
+        c.method = method;
+        c.adp.alpha = alpha;
+        c.adp.beta = beta;
+        c
+    }
+}
+
+/// The MNIST rows of Table 2 that the foundation's attacks cover.
+fn paper_attacks() -> Vec<AttackSpec> {
+    [
+        (AttackKind::Fgsm, 0.1),
+        (AttackKind::Fgsm, 0.2),
+        (AttackKind::Bim, 0.1),
+        (AttackKind::Bim, 0.15),
+        (AttackKind::Pgd, 0.1),
+        (AttackKind::Pgd, 0.15),
+    ]
+    .iter()
+    .map(|&(k, e)| AttackSpec::new(k, e))
+    .collect()
+}
+
+/// Directory name of a method's run, e.g. `adp-2-0.5`.
+fn run_name(config: &TrainConfig) -> String {
+    match config.method {
+        Method::Ece => "ece".into(),
+        Method::Adp => format!("adp-{}-{}", config.adp.alpha, config.adp.beta),
+    }
+}
+
+/// Trains a method (or reuses / resumes its run) and returns its run directory.
+fn train_or_reuse(config: &TrainConfig, out: &Path) -> Result<PathBuf> {
+    let run = out.join(run_name(config));
+    let config_path = run.join("config.toml");
+    if config_path.exists() {
+        let saved: TrainConfig = crate::io::read_toml(&config_path)?;
+        ensure!(
+            &saved == config,
+            "{} holds a run with other settings; remove it or choose another --out",
+            run.display()
+        );
+        if run.join("model.safetensors").exists() {
+            eprintln!(
+                "{}: finished run found in {}, reusing it",
+                config.label(),
+                run.display()
+            );
+            return Ok(run);
+        }
+        train(config, &run, true)?;
+    } else {
+        train(config, &run, false)?;
+    }
+    Ok(run)
+}
+
+/// Runs the whole reproduction into `out` and returns one report per method.
+pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>> {
+    let device = config.train.device.device()?;
+    fetch::fetch(config.dataset, &config.data_dir)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::io::write_toml(&out.join("reproduce.toml"), config)?;
+    let test = load_idx_dataset(&config.data_dir, config.dataset, Split::Test)?;
+    let clean_set = test.take(config.clean_examples);
+    let attack_set = test.take(config.attack_examples);
+
+    let mut reports = Vec::new();
+    for &(alpha, beta) in &config.methods {
+        let tc = config.train_config(alpha, beta);
+        let run = train_or_reuse(&tc, out)?;
+        let (_, model) = load_run(&run, &device)?;
+        let model = model.valid();
+        let mut report = EvalReport {
+            label: tc.label(),
+            clean: clean(&model, &clean_set, config.eval_batch_size, &device),
+            robust: Vec::new(),
+        };
+        for spec in &config.attacks {
+            let r = robust(
+                &model,
+                &attack_set,
+                spec,
+                false,
+                config.eval_batch_size,
+                tc.seed,
+                &device,
+            )?;
+            eprintln!(
+                "{}: {} accuracy {:.1}%",
+                report.label,
+                r.description,
+                100.0 * r.accuracy
+            );
+            report.robust.push(r);
+        }
+        report.save(&run)?;
+        reports.push(report);
+    }
+    let md = format!(
+        "# {} reproduction ({:?} preset)\n\n{} members of {:?}, {} epochs, {} training images; attacks on the first {} test images.\n\n{}",
+        config.dataset.name(),
+        config.preset,
+        config.train.members,
+        config.train.model,
+        config.train.epochs,
+        config
+            .train
+            .train_limit
+            .map_or("all".into(), |n| n.to_string()),
+        attack_set.len(),
+        crate::report::comparison_markdown(&reports)
+    );
+    crate::io::atomic_write(&out.join("report.md"), md.as_bytes())?;
+    crate::io::write_json(&out.join("report.json"), &reports)?;
+    println!("{md}");
+    Ok(reports)
+}

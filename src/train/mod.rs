@@ -1,0 +1,544 @@
+//! Algorithm 1: all members trained together on one objective (ECE or ADP), each with its own
+//! optimizer and learning rate, converged members frozen.
+//!
+//! The loop is our own rather than burn-train's `Learner`: Algorithm 1 steps each member with
+//! its own learning rate and removes converged members from the update set mid-run, and resuming
+//! must reproduce an uninterrupted run bit for bit, which needs the batch order, the frozen set
+//! and every member's optimizer state in the checkpoint.
+//!
+//! **Convergence (freezing) criterion.** After each epoch, member k's mean training
+//! cross-entropy is compared with its best so far; if it has not improved by more than
+//! `freeze.min_delta` (relative) for `freeze.patience` consecutive epochs, member k is frozen
+//! (parameters and BatchNorm statistics fixed) and no longer updated. `patience = 0` disables
+//! freezing, which is what the paper's experiments do. Training ends when every epoch has run or
+//! every member is frozen. The test set is never looked at: the model of the last epoch is kept.
+
+pub mod checkpoint;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Batcher, Dataset, DatasetKind, Split, load_idx_dataset};
+use crate::device::DeviceKind;
+use crate::loss::{AdpConfig, adp_loss};
+use crate::model::{Ensemble, MemberConfig, ModelKind};
+use checkpoint::{ModelSpec, checkpoint_dir, commit_checkpoint, latest, load_model, save_model};
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Ensemble cross-entropy, Eq. 2 (the baseline).
+    Ece,
+    /// ECE minus the ADP regulariser, Eq. 5.
+    Adp,
+}
+
+/// When a member counts as converged (Algorithm 1); see the module documentation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreezeConfig {
+    /// Epochs without improvement before freezing; 0 never freezes.
+    pub patience: usize,
+    /// Relative improvement of the member's training cross-entropy that counts as progress.
+    pub min_delta: f64,
+}
+
+impl Default for FreezeConfig {
+    fn default() -> Self {
+        Self {
+            patience: 0,
+            min_delta: 1e-3,
+        }
+    }
+}
+
+/// Everything that defines a training run; saved as `RUN_DIR/config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Data set.
+    pub dataset: DatasetKind,
+    /// Directory holding the data set's files.
+    pub data_dir: PathBuf,
+    /// Member architecture.
+    pub model: ModelKind,
+    /// Number of members K (>= 2).
+    pub members: usize,
+    /// Objective.
+    pub method: Method,
+    /// ADP hyper-parameters (ignored, i.e. zero, for ECE).
+    pub adp: AdpConfig,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Initial Adam learning rate.
+    pub lr: f64,
+    /// Epochs (0-based) from which the learning rate is multiplied by `lr_drop_factor`.
+    pub lr_drops: Vec<usize>,
+    /// Learning-rate multiplier at each drop.
+    pub lr_drop_factor: f64,
+    /// Per-member learning-rate multipliers ε_k / ε (Algorithm 1); empty means all 1.
+    #[serde(default)]
+    pub member_lr: Vec<f64>,
+    /// Freezing of converged members.
+    #[serde(default)]
+    pub freeze: FreezeConfig,
+    /// L2 penalty on convolution kernels (official code: 1e-4).
+    pub l2: f64,
+    /// Seed of weight initialisation and batch order.
+    pub seed: u64,
+    /// Train on the first N training examples only (quick runs); `None` uses all.
+    pub train_limit: Option<usize>,
+    /// Device to train on.
+    pub device: DeviceKind,
+}
+
+impl TrainConfig {
+    /// The paper's MNIST setting: 3 ResNet-20, Adam 1e-3, batch 64, 40 epochs, drops at 15 and 30.
+    pub fn paper_mnist(method: Method, alpha: f64, beta: f64) -> Self {
+        Self {
+            dataset: DatasetKind::Mnist,
+            data_dir: DatasetKind::Mnist.default_dir(),
+            model: ModelKind::Resnet20,
+            members: 3,
+            method,
+            adp: AdpConfig::new(alpha, beta),
+            epochs: 40,
+            batch_size: 64,
+            lr: 1e-3,
+            lr_drops: vec![15, 30],
+            lr_drop_factor: 0.1,
+            member_lr: Vec::new(),
+            freeze: FreezeConfig::default(),
+            l2: 1e-4,
+            seed: 0,
+            train_limit: None,
+            device: DeviceKind::Cpu,
+        }
+    }
+
+    /// The objective actually minimised: zero regulariser for ECE.
+    pub fn objective(&self) -> AdpConfig {
+        match self.method {
+            Method::Ece => AdpConfig {
+                alpha: 0.0,
+                beta: 0.0,
+                ..self.adp.clone()
+            },
+            Method::Adp => self.adp.clone(),
+        }
+    }
+
+    /// A short label such as `ECE` or `ADP_{2,0.5}`.
+    pub fn label(&self) -> String {
+        match self.method {
+            Method::Ece => "ECE".into(),
+            Method::Adp => format!("ADP_{{{},{}}}", self.adp.alpha, self.adp.beta),
+        }
+    }
+
+    /// Checks every option, with one message naming the option and the fix.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.members >= 2,
+            "--members must be at least 2 (an ensemble), got {}",
+            self.members
+        );
+        ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "--lr must be > 0, got {}",
+            self.lr
+        );
+        ensure!(
+            self.lr_drop_factor.is_finite() && self.lr_drop_factor > 0.0,
+            "the learning-rate drop factor must be > 0"
+        );
+        ensure!(
+            self.l2.is_finite() && self.l2 >= 0.0,
+            "--l2 must be >= 0, got {}",
+            self.l2
+        );
+        ensure!(
+            self.member_lr.is_empty() || self.member_lr.len() == self.members,
+            "--member-lr needs one multiplier per member ({}), got {}",
+            self.members,
+            self.member_lr.len()
+        );
+        ensure!(
+            self.member_lr.iter().all(|m| m.is_finite() && *m > 0.0),
+            "--member-lr multipliers must be > 0"
+        );
+        ensure!(
+            self.train_limit != Some(0),
+            "--train-limit must be at least 1"
+        );
+        self.adp.validate()
+    }
+
+    /// Learning rate of member `k` during `epoch` (0-based).
+    pub fn lr_at(&self, epoch: usize, k: usize) -> f64 {
+        let drops = self.lr_drops.iter().filter(|&&d| epoch >= d).count() as i32;
+        self.lr * self.lr_drop_factor.powi(drops) * self.member_lr.get(k).copied().unwrap_or(1.0)
+    }
+}
+
+/// Training metrics of one epoch (means over its batches).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Objective value.
+    pub loss: f64,
+    /// L_ECE.
+    pub ece: f64,
+    /// Ensemble entropy H(F).
+    pub entropy: f64,
+    /// log ED.
+    pub log_det: f64,
+    /// Ensemble training accuracy.
+    pub accuracy: f64,
+    /// Each member's training cross-entropy.
+    pub member_ce: Vec<f64>,
+    /// Learning rate of member 0.
+    pub lr: f64,
+    /// Members frozen after this epoch.
+    pub frozen: Vec<bool>,
+    /// Wall-clock seconds of the epoch.
+    pub seconds: f64,
+}
+
+/// What a checkpoint records besides weights and optimizer states.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Finished epochs.
+    pub epoch: usize,
+    /// Members removed from the update set I.
+    pub frozen: Vec<bool>,
+    /// Best epoch-mean cross-entropy of each member.
+    pub best_ce: Vec<f64>,
+    /// Epochs since each member last improved.
+    pub stale: Vec<usize>,
+    /// Metrics of every finished epoch.
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Loads the training split of the configured data set.
+pub fn load_train_data(config: &TrainConfig) -> Result<Dataset> {
+    let data = load_idx_dataset(&config.data_dir, config.dataset, Split::Train)?;
+    Ok(match config.train_limit {
+        Some(n) => data.take(n),
+        None => data,
+    })
+}
+
+/// Trains the ensemble described by `config` into `run`, resuming from the newest checkpoint when
+/// `resume` is set. Returns the final (inference-mode) ensemble and the training state.
+pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble, TrainState)> {
+    config.validate()?;
+    let device = config.device.device()?;
+    let data = load_train_data(config)?;
+    let spec = ModelSpec {
+        members: config.members,
+        member: member_config(config, &data),
+    };
+    let config_path = run.join("config.toml");
+    let prior = if resume { latest(run)? } else { None };
+    if resume {
+        ensure!(
+            config_path.exists(),
+            "{} has no config.toml to resume from",
+            run.display()
+        );
+    } else if config_path.exists() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            run.display()
+        );
+    }
+    std::fs::create_dir_all(run.join("checkpoint"))?;
+    crate::io::write_toml(&config_path, config)?;
+    crate::io::write_toml(&run.join("model.toml"), &spec)?;
+
+    let ad = device.clone().autodiff();
+    ad.seed(config.seed);
+    let mut model = spec.init(&ad);
+    let mut optims: Vec<ModuleOptimizer> = (0..config.members)
+        .map(|_| AdamConfig::new().with_epsilon(1e-7).init())
+        .collect();
+    let mut state = TrainState {
+        frozen: vec![false; config.members],
+        best_ce: vec![f64::INFINITY; config.members],
+        stale: vec![0; config.members],
+        ..Default::default()
+    };
+    if let Some(l) = &prior {
+        let dir = run.join(&l.dir);
+        model = load_model(model, &dir.join("model.safetensors"))?;
+        for (k, o) in optims.iter_mut().enumerate() {
+            let path = dir.join(format!("optim-{k}.bpk"));
+            *o = o
+                .clone()
+                .load(&path)
+                .with_context(|| format!("cannot load {}", path.display()))?;
+        }
+        state = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+        eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
+    }
+    model = apply_frozen(model, &state.frozen);
+
+    let objective = config.objective();
+    while state.epoch < config.epochs && state.frozen.iter().any(|f| !f) {
+        let start = Instant::now();
+        let epoch = state.epoch;
+        let (next, metrics) = run_epoch(
+            config,
+            &objective,
+            &data,
+            model,
+            &mut optims,
+            &state,
+            &ad,
+            run,
+        )?;
+        model = next;
+        state.epoch += 1;
+        update_freezing(config, &mut state, &metrics.member_ce);
+        model = apply_frozen(model, &state.frozen);
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            frozen: state.frozen.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+            ..metrics
+        };
+        eprintln!(
+            "epoch {}/{}: loss {:.4}  ECE {:.4}  H {:.3}  logED {:.2}  acc {:.2}%  lr {:.0e}  {:.0}s",
+            metrics.epoch,
+            config.epochs,
+            metrics.loss,
+            metrics.ece,
+            metrics.entropy,
+            metrics.log_det,
+            100.0 * metrics.accuracy,
+            metrics.lr,
+            metrics.seconds
+        );
+        state.history.push(metrics);
+        save_checkpoint(run, &model, &optims, &state)?;
+        write_history(run, &state.history)?;
+    }
+    save_model(&model, &run.join("model.safetensors"))?;
+    Ok((model.valid(), state))
+}
+
+fn member_config(config: &TrainConfig, data: &Dataset) -> MemberConfig {
+    let (mean, std) = data.channel_stats();
+    MemberConfig {
+        kind: config.model,
+        input_shape: data.shape,
+        num_classes: data.num_classes,
+        mean,
+        std,
+    }
+}
+
+/// Freezes the members marked in `frozen` (idempotent).
+fn apply_frozen(mut model: Ensemble, frozen: &[bool]) -> Ensemble {
+    model.members = model
+        .members
+        .into_iter()
+        .zip(frozen)
+        .map(|(m, &f)| if f { m.freeze() } else { m })
+        .collect();
+    model
+}
+
+/// Applies the convergence criterion to each still-active member.
+fn update_freezing(config: &TrainConfig, state: &mut TrainState, member_ce: &[f64]) {
+    for (k, &ce) in member_ce.iter().enumerate() {
+        if ce < state.best_ce[k] * (1.0 - config.freeze.min_delta) {
+            state.best_ce[k] = ce;
+            state.stale[k] = 0;
+        } else {
+            state.best_ce[k] = state.best_ce[k].min(ce);
+            state.stale[k] += 1;
+        }
+        if config.freeze.patience > 0
+            && state.stale[k] >= config.freeze.patience
+            && !state.frozen[k]
+        {
+            eprintln!(
+                "member {k} converged (no progress for {} epochs): frozen",
+                state.stale[k]
+            );
+            state.frozen[k] = true;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    config: &TrainConfig,
+    objective: &AdpConfig,
+    data: &Dataset,
+    mut model: Ensemble,
+    optims: &mut [ModuleOptimizer],
+    state: &TrainState,
+    device: &Device,
+    run: &Path,
+) -> Result<(Ensemble, EpochMetrics)> {
+    let epoch = state.epoch;
+    let batcher = Batcher::shuffled(data, config.batch_size, config.seed, epoch);
+    let bar = crate::report::progress_bar(
+        batcher.num_batches() as u64,
+        &format!("{} epoch {}/{}", config.label(), epoch + 1, config.epochs),
+    );
+    let k = config.members;
+    let mut sums = [0f64; 5]; // loss, ece, entropy, log_det, correct
+    let mut member_ce = vec![0f64; k];
+    let mut seen = 0usize;
+    for i in 0..batcher.num_batches() {
+        let batch = batcher.batch(i, device);
+        let n = batch.labels.dims()[0];
+        let out = model.forward(batch.images);
+        let loss = adp_loss(out.logits.clone(), batch.labels.clone(), objective);
+        let mut total = loss.total.clone();
+        if config.l2 > 0.0 {
+            for (m, _) in model
+                .members
+                .iter()
+                .zip(&state.frozen)
+                .filter(|(_, f)| !**f)
+            {
+                total = total + m.conv_l2().mul_scalar(config.l2);
+            }
+        }
+        let value = total.clone().into_scalar::<f32>() as f64;
+        if !value.is_finite() {
+            let last = latest(run)?
+                .map(|l| run.join(l.dir).display().to_string())
+                .unwrap_or_else(|| "none (no epoch finished yet)".into());
+            bail!(
+                "the loss became {value} at epoch {}, step {}; nothing was saved from this epoch. Last good checkpoint: {last}. Lower --lr or check the data",
+                epoch + 1,
+                i + 1
+            );
+        }
+        let mut grads = total.backward();
+        let members = std::mem::take(&mut model.members);
+        model.members = members
+            .into_iter()
+            .enumerate()
+            .map(|(j, m)| {
+                if state.frozen[j] {
+                    return m;
+                }
+                let g = GradientsParams::from_module(&mut grads, &m);
+                optims[j].step(config.lr_at(epoch, j), m, g)
+            })
+            .collect();
+
+        // Metrics, from the detached outputs.
+        let logits = out.logits.detach();
+        let per_member = crate::eval::member_cross_entropy(logits.clone(), batch.labels.clone());
+        for (acc, ce) in member_ce.iter_mut().zip(per_member) {
+            *acc += ce * n as f64;
+        }
+        let correct = crate::eval::count_correct(
+            crate::model::EnsembleOutput { logits }.mean_probs(),
+            batch.labels,
+        );
+        let parts = [
+            value,
+            loss.ece.into_scalar::<f32>() as f64,
+            loss.entropy.into_scalar::<f32>() as f64,
+            loss.log_det.into_scalar::<f32>() as f64,
+        ];
+        for (s, p) in sums.iter_mut().zip(parts) {
+            *s += p * n as f64;
+        }
+        sums[4] += correct as f64;
+        seen += n;
+        bar.inc(1);
+        if i % 10 == 0 {
+            bar.set_message(format!(
+                "loss {:.3} acc {:.1}% logED {:.2}",
+                sums[0] / seen as f64,
+                100.0 * sums[4] / seen as f64,
+                sums[3] / seen as f64
+            ));
+        }
+    }
+    bar.finish_and_clear();
+    let s = seen as f64;
+    Ok((
+        model,
+        EpochMetrics {
+            epoch: epoch + 1,
+            loss: sums[0] / s,
+            ece: sums[1] / s,
+            entropy: sums[2] / s,
+            log_det: sums[3] / s,
+            accuracy: sums[4] / s,
+            member_ce: member_ce.iter().map(|c| c / s).collect(),
+            lr: config.lr_at(epoch, 0),
+            frozen: Vec::new(),
+            seconds: 0.0,
+        },
+    ))
+}
+
+fn save_checkpoint(
+    run: &Path,
+    model: &Ensemble,
+    optims: &[ModuleOptimizer],
+    state: &TrainState,
+) -> Result<()> {
+    let final_dir = checkpoint_dir(run, state.epoch);
+    let tmp = final_dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    save_model(model, &tmp.join("model.safetensors"))?;
+    for (k, o) in optims.iter().enumerate() {
+        o.save(tmp.join(format!("optim-{k}.bpk")))
+            .with_context(|| format!("cannot save the optimizer state of member {k}"))?;
+    }
+    crate::io::write_json(&tmp.join("state.json"), state)?;
+    commit_checkpoint(run, &tmp, state.epoch)
+}
+
+fn write_history(run: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let mut csv =
+        String::from("epoch,loss,ece,entropy,log_det,accuracy,lr,seconds,member_ce,frozen\n");
+    for m in history {
+        let ce: Vec<String> = m.member_ce.iter().map(|c| format!("{c:.5}")).collect();
+        let fr: Vec<&str> = m
+            .frozen
+            .iter()
+            .map(|f| if *f { "1" } else { "0" })
+            .collect();
+        csv.push_str(&format!(
+            "{},{:.5},{:.5},{:.5},{:.5},{:.5},{:e},{:.1},{},{}\n",
+            m.epoch,
+            m.loss,
+            m.ece,
+            m.entropy,
+            m.log_det,
+            m.accuracy,
+            m.lr,
+            m.seconds,
+            ce.join(";"),
+            fr.join(";")
+        ));
+    }
+    crate::io::atomic_write(&run.join("history.csv"), csv.as_bytes())
+}
