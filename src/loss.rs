@@ -346,10 +346,24 @@ mod tests {
         };
         let ad = dev().autodiff();
         let x = tensor(base.clone(), &ad).require_grad();
-        assert_eq!(x.dtype(), burn::tensor::DType::F64, "the check needs f64 tensors");
+        assert_eq!(
+            x.dtype(),
+            burn::tensor::DType::F64,
+            "the check needs f64 tensors"
+        );
         let grads = f(x.clone()).backward();
-        let analytic: Vec<f64> = x.grad(&grads).unwrap().into_data().try_into_vec_as::<f64>().unwrap();
-        let eval = |v: Vec<f64>| -> f64 { f(tensor(v, &dev())).into_data().try_into_vec_as::<f64>().unwrap()[0] };
+        let analytic: Vec<f64> = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_into_vec_as::<f64>()
+            .unwrap();
+        let eval = |v: Vec<f64>| -> f64 {
+            f(tensor(v, &dev()))
+                .into_data()
+                .try_into_vec_as::<f64>()
+                .unwrap()[0]
+        };
         let h = 1e-5;
         for i in 0..n {
             let mut plus = base.clone();

@@ -172,10 +172,17 @@ fn train_or_reuse(config: &TrainConfig, out: &Path) -> Result<PathBuf> {
 /// Runs the whole reproduction into `out` and returns one report per method.
 pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>> {
     let device = config.train.device.device()?;
-    fetch::fetch(config.dataset, &config.data_dir)?;
+    // Data already in place (the real set, or the user's own files in its layout) is used as it
+    // is; otherwise the data set is fetched and verified.
+    let test = match load_idx_dataset(&config.data_dir, config.dataset, Split::Test) {
+        Ok(test) => test,
+        Err(_) => {
+            fetch::fetch(config.dataset, &config.data_dir)?;
+            load_idx_dataset(&config.data_dir, config.dataset, Split::Test)?
+        }
+    };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     crate::io::write_toml(&out.join("reproduce.toml"), config)?;
-    let test = load_idx_dataset(&config.data_dir, config.dataset, Split::Test)?;
     let clean_set = test.take(config.clean_examples);
     let attack_set = test.take(config.attack_examples);
 

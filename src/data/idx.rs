@@ -97,8 +97,8 @@ pub fn read_idx(path: &Path, expected_ndim: usize) -> Result<Idx> {
     })
 }
 
-#[cfg(test)]
-pub(crate) fn encode_idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+/// Encodes unsigned bytes as an IDX file (the inverse of [`parse_idx`]).
+pub fn encode_idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 0x08, dims.len() as u8];
     for d in dims {
         out.extend_from_slice(&d.to_be_bytes());

@@ -6,6 +6,7 @@
 pub mod batcher;
 pub mod fetch;
 pub mod idx;
+pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
@@ -220,21 +221,8 @@ pub(crate) mod tests {
     use crate::data::idx::encode_idx;
 
     /// Writes a tiny but well-formed MNIST-layout directory with `n` examples per split.
-    pub(crate) fn write_fake_mnist(dir: &Path, n: u32) {
-        let imgs: Vec<u8> = (0..n * 784).map(|i| (i % 251) as u8).collect();
-        let lbls: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        for prefix in ["train", "t10k"] {
-            std::fs::write(
-                dir.join(format!("{prefix}-images-idx3-ubyte")),
-                encode_idx(&[n, 28, 28], &imgs),
-            )
-            .unwrap();
-            std::fs::write(
-                dir.join(format!("{prefix}-labels-idx1-ubyte")),
-                encode_idx(&[n], &lbls),
-            )
-            .unwrap();
-        }
+    pub(crate) fn write_fake_mnist(dir: &Path, n: usize) {
+        crate::data::synthetic::write_synthetic_mnist(dir, n, n, 0).unwrap();
     }
 
     #[test]
@@ -246,6 +234,7 @@ pub(crate) mod tests {
         assert_eq!(ds.shape, [1, 28, 28]);
         assert!(ds.images.iter().all(|p| (0.0..=1.0).contains(p)));
         assert_eq!(ds.labels[11], 1);
+        assert!(ds.images.iter().any(|&p| p > 0.75));
     }
 
     #[test]

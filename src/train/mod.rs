@@ -28,7 +28,7 @@ use crate::data::{Batcher, Dataset, DatasetKind, Split, load_idx_dataset};
 use crate::device::DeviceKind;
 use crate::loss::{AdpConfig, adp_loss};
 use crate::model::{Ensemble, MemberConfig, ModelKind};
-use checkpoint::{ModelSpec, checkpoint_dir, commit_checkpoint, latest, load_model, save_model};
+use checkpoint::{ModelSpec, checkpoint_dir, commit_checkpoint, latest, save_model};
 
 /// The training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -281,7 +281,14 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
     };
     if let Some(l) = &prior {
         let dir = run.join(&l.dir);
-        model = load_model(model, &dir.join("model.safetensors"))?;
+        // burn's own format keeps the parameter ids that the optimizer states are keyed by.
+        let weights = dir.join("model.bpk");
+        model = model.try_load_file(&weights).with_context(|| {
+            format!(
+                "cannot load {}; delete that checkpoint to resume from the one before",
+                weights.display()
+            )
+        })?;
         for (k, o) in optims.iter_mut().enumerate() {
             let path = dir.join(format!("optim-{k}.bpk"));
             *o = o
@@ -508,6 +515,10 @@ fn save_checkpoint(
     }
     std::fs::create_dir_all(&tmp)?;
     save_model(model, &tmp.join("model.safetensors"))?;
+    model
+        .clone()
+        .save_file(tmp.join("model.bpk"))
+        .context("cannot save the checkpoint's weights")?;
     for (k, o) in optims.iter().enumerate() {
         o.save(tmp.join(format!("optim-{k}.bpk")))
             .with_context(|| format!("cannot save the optimizer state of member {k}"))?;

@@ -1,0 +1,427 @@
+//! End-to-end tests of the `adp` binary and library on a small synthetic data set in MNIST's
+//! on-disk layout: training, resuming after a real kill, evaluation, attacks on a trained model,
+//! the reproduction pipeline, and the error messages of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use adp::attack::{AttackKind, AttackSpec, Classifier, Goal, Victim};
+use adp::data::synthetic::write_synthetic_mnist;
+use adp::data::{Batcher, DatasetKind, Split, load_idx_dataset};
+use adp::eval::robust;
+use adp::train::checkpoint::load_run;
+use burn::module::Module;
+use burn::prelude::*;
+
+fn adp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adp"))
+        .args(args)
+        .output()
+        .expect("the adp binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// 1200 training and 300 test images of the synthetic set, written once.
+fn data_dir() -> PathBuf {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = scratch().join("data");
+        write_synthetic_mnist(&dir, 1200, 300, 7).unwrap();
+        dir
+    })
+    .clone()
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        "cnn",
+        "--members",
+        "2",
+        "--epochs",
+        epochs,
+        "--lr-drops",
+        "2",
+        "--seed",
+        "3",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    ]
+}
+
+/// A run trained once by the binary (2 CNN members, 2 epochs) and shared by the tests.
+fn trained_run() -> PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let data = data_dir();
+        let run = scratch().join("run");
+        let o = adp(&train_args(
+            data.to_str().unwrap(),
+            run.to_str().unwrap(),
+            "2",
+        ));
+        assert!(o.status.success(), "{}", stderr(&o));
+        run
+    })
+    .clone()
+}
+
+#[test]
+fn training_writes_a_complete_run_directory() {
+    let run = trained_run();
+    for f in [
+        "config.toml",
+        "model.toml",
+        "model.safetensors",
+        "latest.json",
+        "history.csv",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    assert!(run.join("checkpoint/epoch-0002/model.safetensors").exists());
+    let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
+    assert_eq!(history.lines().count(), 3, "{history}");
+    let o = adp(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "resuming a finished run is a no-op: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn eval_prints_tables_and_writes_json_and_csv() {
+    let run = trained_run();
+    let o = adp(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05,0.3",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.3",
+        "--limit",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("| Ensemble |") && out.contains("| PGD | ε = 0.3 |"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    let robust = report["robust"].as_array().unwrap();
+    assert_eq!(robust.len(), 3);
+    let clean_error = report["clean"]["ensemble_error"].as_f64().unwrap();
+    assert!(
+        clean_error < 0.1,
+        "the synthetic task is easy: clean error {clean_error}"
+    );
+    let acc = |i: usize| robust[i]["accuracy"].as_f64().unwrap();
+    assert!(
+        acc(1) <= acc(0),
+        "a larger ε cannot help: {} > {}",
+        acc(1),
+        acc(0)
+    );
+    let csv = std::fs::read_to_string(run.join("eval.csv")).unwrap();
+    assert!(
+        csv.lines().any(|l| l.contains(",accuracy,pgd,0.3,")),
+        "{csv}"
+    );
+}
+
+#[test]
+fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
+    let run = trained_run();
+    let device = Device::default();
+    let (_, model) = load_run(&run, &device).unwrap();
+    let model = model.valid();
+    let test = load_idx_dataset(&data_dir(), DatasetKind::Mnist, Split::Test)
+        .unwrap()
+        .take(200);
+    let eps = 0.25;
+    let fgsm = robust(
+        &model,
+        &test,
+        &AttackSpec::new(AttackKind::Fgsm, eps),
+        false,
+        100,
+        0,
+        &device,
+    )
+    .unwrap();
+    let pgd = robust(
+        &model,
+        &test,
+        &AttackSpec::new(AttackKind::Pgd, eps),
+        false,
+        100,
+        0,
+        &device,
+    )
+    .unwrap();
+    assert!(
+        pgd.accuracy <= fgsm.accuracy,
+        "PGD {} vs FGSM {}",
+        pgd.accuracy,
+        fgsm.accuracy
+    );
+
+    let victim = Victim::ensemble(&model);
+    let batch = Batcher::sequential(&test, 100).batch(0, &device);
+    for kind in [AttackKind::Fgsm, AttackKind::Bim, AttackKind::Pgd] {
+        let attack = AttackSpec::new(kind, eps).build();
+        let out = attack.attack(&victim, batch.images.clone(), batch.labels.clone());
+        let adv = out
+            .adversarial
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let x = batch
+            .images
+            .clone()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        for (a, x) in adv.iter().zip(&x) {
+            assert!(
+                (0.0..=1.0).contains(a),
+                "{kind:?}: pixel {a} outside [0, 1]"
+            );
+            assert!(
+                (a - x).abs() <= eps as f32 + 1e-6,
+                "{kind:?}: |{a} - {x}| > {eps}"
+            );
+        }
+    }
+
+    // Targeted PGD reaches its random target far more often than chance (1 in 9).
+    let targeted = robust(
+        &model,
+        &test,
+        &AttackSpec::new(AttackKind::Pgd, 0.3),
+        true,
+        100,
+        5,
+        &device,
+    )
+    .unwrap();
+    assert!(
+        targeted.success_rate > 0.3,
+        "targeted success {}",
+        targeted.success_rate
+    );
+    let lp = victim.log_probs(batch.images.clone());
+    assert_eq!(Goal::Untargeted(batch.labels).achieved(lp).len(), 100);
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let data = data_dir();
+    let (a, b) = (scratch().join("uninterrupted"), scratch().join("killed"));
+    let o = adp(&train_args(
+        data.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "3",
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adp"))
+        .args(train_args(data.to_str().unwrap(), b.to_str().unwrap(), "3"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !b.join("latest.json").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !b.join("model.safetensors").exists(),
+        "the run finished before it was killed"
+    );
+
+    let o = adp(&["train", "--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
+    let (wa, wb) = (
+        tensors(&a.join("model.safetensors")),
+        tensors(&b.join("model.safetensors")),
+    );
+    assert!(!wa.is_empty());
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run's"
+    );
+}
+
+/// The tensors of a safetensors file by name, as raw bytes (the header's metadata map may list
+/// its keys in any order, so files are compared tensor by tensor).
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, (serde_json::Value, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| {
+            let off = v["data_offsets"].as_array().unwrap();
+            let (s, e) = (
+                off[0].as_u64().unwrap() as usize,
+                off[1].as_u64().unwrap() as usize,
+            );
+            (k, (v["shape"].clone(), data[s..e].to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
+    let out = scratch().join("reproduce");
+    let data = data_dir();
+    let args = [
+        "reproduce",
+        "mnist",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = adp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| ECE | ADP_{2,0} | ADP_{2,0.5} |"),
+        "{report}"
+    );
+    assert!(report.contains("| FGSM | ε = 0.1 |"), "{report}");
+    for run in ["ece", "adp-2-0", "adp-2-0.5"] {
+        assert!(out.join(run).join("eval.json").exists(), "{run}");
+    }
+    let again = adp(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stderr(&again).matches("reusing it").count(),
+        3,
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_and_no_panic() {
+    let data = data_dir();
+    let d = data.to_str().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+    let run = trained_run();
+    let r = run.to_str().unwrap();
+    let out = scratch().join("never").to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--members", "1", "--data-dir", d, "--out", &out],
+            "--members must be at least 2",
+        ),
+        (
+            vec!["train", "--alpha", "NaN", "--data-dir", d, "--out", &out],
+            "--alpha must be a finite number",
+        ),
+        (
+            vec!["train", "--lr", "0", "--data-dir", d, "--out", &out],
+            "--lr must be > 0",
+        ),
+        (
+            vec!["train", "--data-dir", e, "--out", &out],
+            "adp data fetch mnist",
+        ),
+        (
+            vec!["eval", r, "--attack", "fgsm", "--eps", "-0.1"],
+            "--eps must lie in [0, 1]",
+        ),
+        (vec!["eval", r, "--attack", "pgd"], "has no --eps list"),
+        (
+            vec!["eval", e, "--attack", "fgsm", "--eps", "0.1"],
+            "not a run directory",
+        ),
+        (vec!["train", "--resume", e], "cannot be resumed"),
+        (
+            vec![
+                "alpha",
+                "--members",
+                "3",
+                "--classes",
+                "10",
+                "--confidence",
+                "0.05",
+            ],
+            "must lie in (1/L, 1)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let o = adp(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !Path::new(&out).exists(),
+        "a rejected command created its output directory"
+    );
+
+    // A truncated data file names itself and the fix.
+    let broken = tempfile::tempdir().unwrap();
+    write_synthetic_mnist(broken.path(), 20, 20, 0).unwrap();
+    let images = broken.path().join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&images).unwrap();
+    std::fs::write(&images, &bytes[..bytes.len() - 100]).unwrap();
+    let o = adp(&[
+        "train",
+        "--model",
+        "cnn",
+        "--data-dir",
+        broken.path().to_str().unwrap(),
+        "--out",
+        &out,
+    ]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
+}
