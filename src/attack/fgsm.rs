@@ -19,14 +19,10 @@ impl Attack for Fgsm {
 
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
         let x0 = images.detach().without_autodiff();
-        let (g, _) = input_gradient(model, &x0, goal);
+        let g = input_gradient(model, &x0, goal);
         let adv =
             LinfBudget { eps: self.eps }.project(x0.clone() + g.sign().mul_scalar(self.eps), &x0);
-        let success = goal.achieved(model.log_probs(adv.clone()).detach().without_autodiff());
-        AttackOutput {
-            adversarial: adv,
-            success,
-        }
+        AttackOutput::judge(model, goal, &x0, adv)
     }
 }
 

@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Ensemble;
+use crate::model::{Ensemble, EnsembleOutput};
 pub use fgsm::Fgsm;
 pub use pgd::Pgd;
 
@@ -98,13 +98,24 @@ impl AttackSpec {
     }
 }
 
-/// A differentiable classifier as attacks see it.
+/// A differentiable classifier as attacks see it: one network (K = 1) or an ensemble.
 pub trait Classifier {
-    /// Log-probabilities `[batch, classes]` for pixels in `[0, 1]`.
-    fn log_probs(&self, x: Tensor<4>) -> Tensor<2>;
+    /// Logits of every member, `[batch, K, classes]`, for pixels in `[0, 1]`.
+    fn member_logits(&self, x: Tensor<4>) -> Tensor<3>;
+
+    /// log F with F the mean of the members' softmax (Eq. 1), `[batch, classes]`: what attacks
+    /// differentiate by default and what decides success (for K = 1, the log-softmax).
+    fn log_probs(&self, x: Tensor<4>) -> Tensor<2> {
+        EnsembleOutput {
+            logits: self.member_logits(x),
+        }
+        .log_mean_probs()
+    }
 }
 
 /// What an attack differentiates: the whole ensemble or one of its members.
+/// The ensemble must be in evaluation mode (`Module::valid`), so BatchNorm uses its running
+/// statistics.
 #[derive(Debug)]
 pub struct Victim<'a> {
     model: &'a Ensemble,
@@ -112,8 +123,7 @@ pub struct Victim<'a> {
 }
 
 impl<'a> Victim<'a> {
-    /// The ensemble, through log of the mean softmax (as the official code attacks it).
-    /// `model` must be in evaluation mode, e.g. `ensemble.freeze()` on an autodiff device.
+    /// The whole ensemble.
     pub fn ensemble(model: &'a Ensemble) -> Self {
         Self {
             model,
@@ -121,7 +131,7 @@ impl<'a> Victim<'a> {
         }
     }
 
-    /// Member `k` alone, through its log-softmax.
+    /// Member `k` alone.
     pub fn member(model: &'a Ensemble, k: usize) -> Self {
         Self {
             model,
@@ -131,10 +141,10 @@ impl<'a> Victim<'a> {
 }
 
 impl Classifier for Victim<'_> {
-    fn log_probs(&self, x: Tensor<4>) -> Tensor<2> {
+    fn member_logits(&self, x: Tensor<4>) -> Tensor<3> {
         match self.member {
-            None => self.model.forward(x).log_mean_probs(),
-            Some(k) => burn::tensor::activation::log_softmax(self.model.members[k].forward(x), 1),
+            None => self.model.forward(x).logits,
+            Some(k) => self.model.members[k].forward(x).unsqueeze_dim(1),
         }
     }
 }
@@ -175,6 +185,40 @@ impl Goal {
     }
 }
 
+/// Sizes of one perturbation δ = x_adv − x.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Norms {
+    /// Number of changed pixels (|δ_i| > 1e-6).
+    pub l0: f64,
+    /// Σ |δ_i|.
+    pub l1: f64,
+    /// sqrt(Σ δ_i²).
+    pub l2: f64,
+    /// max |δ_i|.
+    pub linf: f64,
+}
+
+impl Norms {
+    /// The norms of `adversarial − original`, one per example.
+    pub fn of(adversarial: &Tensor<4>, original: &Tensor<4>) -> Vec<Norms> {
+        let delta = (adversarial.clone() - original.clone()).flatten::<2>(1, 3);
+        let abs = delta.abs();
+        let col = |t: Tensor<2>| crate::eval::floats(t.flatten::<1>(0, 1));
+        let l0 = col(abs.clone().greater_elem(1e-6).float().sum_dim(1));
+        let l1 = col(abs.clone().sum_dim(1));
+        let l2 = col(abs.clone().powi_scalar(2).sum_dim(1).sqrt());
+        let linf = col(abs.max_dim(1));
+        (0..l0.len())
+            .map(|i| Norms {
+                l0: l0[i],
+                l1: l1[i],
+                l2: l2[i],
+                linf: linf[i],
+            })
+            .collect()
+    }
+}
+
 /// The result of an attack on a batch.
 #[derive(Debug, Clone)]
 pub struct AttackOutput {
@@ -182,6 +226,33 @@ pub struct AttackOutput {
     pub adversarial: Tensor<4>,
     /// Whether the attack met its goal on each example.
     pub success: Vec<bool>,
+    /// Size of each example's perturbation.
+    pub norms: Vec<Norms>,
+}
+
+impl AttackOutput {
+    /// Judges `adversarial` against `goal` on `model` and measures the perturbations from
+    /// `original`: the one way every attack builds its output.
+    pub fn judge(
+        model: &dyn Classifier,
+        goal: &Goal,
+        original: &Tensor<4>,
+        adversarial: Tensor<4>,
+    ) -> Self {
+        let adversarial = adversarial.detach().without_autodiff();
+        let success = goal.achieved(
+            model
+                .log_probs(adversarial.clone())
+                .detach()
+                .without_autodiff(),
+        );
+        let norms = Norms::of(&adversarial, original);
+        Self {
+            adversarial,
+            success,
+            norms,
+        }
+    }
 }
 
 /// An adversarial attack.
@@ -219,19 +290,75 @@ impl LinfBudget {
     }
 }
 
-/// The gradient of the goal's objective (summed over the batch) with respect to the input,
-/// together with the log-probabilities at `x`. `x` may live on a plain device: it is lifted to the
-/// autodiff context of the model's device for the backward pass.
-pub fn input_gradient(
+/// The gradient with respect to the input of `objective` summed over the batch, and the
+/// objective's per-example value. `x` may live on a plain device: it is lifted to autodiff for
+/// the backward pass, while the model's parameters stay constants.
+pub fn gradient_of(
     model: &dyn Classifier,
     x: &Tensor<4>,
-    goal: &Goal,
-) -> (Tensor<4>, Tensor<2>) {
-    let xg = x.clone().detach().autodiff().require_grad();
-    let log_probs = model.log_probs(xg.clone());
-    let grads = goal.objective(log_probs.clone()).sum().backward();
+    objective: impl Fn(&dyn Classifier, Tensor<4>) -> Tensor<1>,
+) -> (Tensor<4>, Tensor<1>) {
+    let xg = x
+        .clone()
+        .detach()
+        .without_autodiff()
+        .autodiff()
+        .require_grad();
+    let value = objective(model, xg.clone());
+    let grads = value.clone().sum().backward();
     let g = xg.grad(&grads).expect("the input takes part in the graph");
-    (g, log_probs.detach().without_autodiff())
+    (g, value.detach().without_autodiff())
+}
+
+/// The gradient of the goal's objective (−log F_y untargeted, log F_t targeted, on the
+/// ensemble's log mean softmax) with respect to the input.
+pub fn input_gradient(model: &dyn Classifier, x: &Tensor<4>, goal: &Goal) -> Tensor<4> {
+    gradient_of(model, x, |m, x| goal.objective(m.log_probs(x))).0
+}
+
+/// Runs an attack `restarts` times (at least once); each example keeps the first adversarial
+/// example that meets the goal, or the last attempt's where none does.
+pub fn with_restarts(
+    model: &dyn Classifier,
+    goal: &Goal,
+    original: &Tensor<4>,
+    restarts: usize,
+    mut attempt: impl FnMut() -> Tensor<4>,
+) -> AttackOutput {
+    let n = original.dims()[0];
+    let mut best: Option<AttackOutput> = None;
+    for _ in 0..restarts.max(1) {
+        let out = AttackOutput::judge(model, goal, original, attempt());
+        best = Some(match best {
+            None => out,
+            Some(prev) => {
+                let keep: Vec<bool> = prev.success.clone();
+                let mask = Tensor::<1, Bool>::from_data(
+                    TensorData::new(keep.clone(), [n]),
+                    &original.device(),
+                )
+                .reshape([n, 1, 1, 1])
+                .expand(original.shape());
+                AttackOutput {
+                    adversarial: out.adversarial.mask_where(mask, prev.adversarial),
+                    success: keep
+                        .iter()
+                        .zip(&out.success)
+                        .map(|(a, b)| *a || *b)
+                        .collect(),
+                    norms: keep
+                        .iter()
+                        .zip(prev.norms.iter().zip(&out.norms))
+                        .map(|(k, (p, o))| if *k { *p } else { *o })
+                        .collect(),
+                }
+            }
+        });
+        if best.as_ref().is_some_and(|b| b.success.iter().all(|s| *s)) {
+            break;
+        }
+    }
+    best.expect("at least one attempt")
 }
 
 /// Reads a boolean tensor into a vector.
@@ -271,12 +398,12 @@ pub(crate) mod tests {
     }
 
     impl Classifier for Linear {
-        fn log_probs(&self, x: Tensor<4>) -> Tensor<2> {
+        fn member_logits(&self, x: Tensor<4>) -> Tensor<3> {
             let device = x.device();
             let flat = x.flatten::<2>(1, 3);
             let w = self.w.clone().to_device(&device);
             let b = self.b.clone().to_device(&device).unsqueeze::<2>();
-            burn::tensor::activation::log_softmax(flat.matmul(w.transpose()) + b, 1)
+            (flat.matmul(w.transpose()) + b).unsqueeze_dim(1)
         }
     }
 

@@ -10,7 +10,7 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use super::{Attack, AttackOutput, Classifier, Goal, LinfBudget, input_gradient};
+use super::{Attack, AttackOutput, Classifier, Goal, LinfBudget, input_gradient, with_restarts};
 
 /// Projected gradient descent (sign steps, L∞ ball).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,7 +61,7 @@ impl Pgd {
             x0.clone()
         };
         for _ in 0..self.steps {
-            let (g, _) = input_gradient(model, &x, goal);
+            let g = input_gradient(model, &x, goal);
             x = budget.project(x + g.sign().mul_scalar(self.step_size), x0);
         }
         x
@@ -79,32 +79,9 @@ impl Attack for Pgd {
 
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
         let x0 = images.detach().without_autodiff();
-        let n = x0.dims()[0];
-        let mut best = x0.clone();
-        let mut success = vec![false; n];
-        for _ in 0..self.restarts.max(1) {
-            let adv = self.run_once(model, &x0, goal);
-            let hit = goal.achieved(model.log_probs(adv.clone()).detach().without_autodiff());
-            // Replace examples not yet broken by this restart's iterate.
-            let take: Vec<bool> = success.iter().map(|s| !s).collect();
-            let mask = Tensor::<1, Bool>::from_data(
-                burn::tensor::TensorData::new(take, [n]),
-                &x0.device(),
-            )
-            .reshape([n, 1, 1, 1])
-            .expand(x0.shape());
-            best = best.mask_where(mask, adv);
-            for (s, h) in success.iter_mut().zip(hit) {
-                *s |= h;
-            }
-            if success.iter().all(|s| *s) {
-                break;
-            }
-        }
-        AttackOutput {
-            adversarial: best,
-            success,
-        }
+        with_restarts(model, goal, &x0, self.restarts, || {
+            self.run_once(model, &x0, goal)
+        })
     }
 }
 
