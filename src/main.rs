@@ -1,6 +1,6 @@
 //! The `adp` command line: a thin layer over the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -10,7 +10,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use adp::attack::{AttackKind, AttackSpec};
 use adp::data::{DatasetKind, Split, fetch, load_idx_dataset};
 use adp::device::DeviceKind;
-use adp::eval::{EvalReport, clean, robust};
+use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
 use adp::loss::{AdpConfig, alpha_for_confidence};
 use adp::model::ModelKind;
 use adp::reproduce::{Preset, ReproduceConfig, reproduce};
@@ -37,6 +37,8 @@ enum Command {
     Train(TrainArgs),
     /// Clean error (Table 1) and accuracy under attack (Table 2) of a trained run.
     Eval(EvalArgs),
+    /// Attack a trained run's test images and save the adversarial examples (safetensors).
+    Attack(AttackArgs),
     /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist`.
     Reproduce(ReproduceArgs),
     /// Solve Eq. 7 (Theorem 2) for α given K, L and the target confidence F_y.
@@ -139,6 +141,31 @@ struct EvalArgs {
     /// Budgets ε (pixel units) for the preceding --attack, comma-separated.
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
     eps: Vec<f64>,
+    #[command(flatten)]
+    params: AttackParams,
+    /// Attack random target classes instead of any wrong class.
+    #[arg(long)]
+    targeted: bool,
+    /// Evaluate the first N test images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 250)]
+    batch_size: usize,
+    /// Seed of random starts and targets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory of the data set (default: the one the run was trained on).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Device (backend).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
+}
+
+/// Parameters shared by every attack; unset ones take the paper's defaults.
+#[derive(clap::Args, Debug, Clone)]
+struct AttackParams {
     /// Iterations of BIM/PGD (paper: 10).
     #[arg(long)]
     steps: Option<usize>,
@@ -148,10 +175,42 @@ struct EvalArgs {
     /// Random restarts of PGD.
     #[arg(long)]
     restarts: Option<usize>,
+}
+
+impl AttackParams {
+    /// The attack `kind` at budget `eps` with these parameters.
+    fn spec(&self, kind: AttackKind, eps: f64) -> AttackSpec {
+        AttackSpec {
+            steps: self.steps,
+            step_size: self.step_size,
+            restarts: self.restarts,
+            ..AttackSpec::new(kind, eps)
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct AttackArgs {
+    /// The run directory written by `adp train`.
+    run: PathBuf,
+    /// The attack.
+    #[arg(long, value_enum)]
+    attack: AttackKind,
+    /// Budget ε in pixel units.
+    #[arg(long)]
+    eps: f64,
+    #[command(flatten)]
+    params: AttackParams,
     /// Attack random target classes instead of any wrong class.
     #[arg(long)]
     targeted: bool,
-    /// Evaluate the first N test images only.
+    /// Attack member i alone (0-based) instead of the whole ensemble.
+    #[arg(long)]
+    member: Option<usize>,
+    /// Where to save the adversarial examples (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Attack the first N test images only.
     #[arg(long)]
     limit: Option<usize>,
     /// Batch size.
@@ -212,6 +271,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 .expect("the eval subcommand");
             run_eval(args, sub)
         }
+        Command::Attack(args) => run_attack(args),
         Command::Reproduce(args) => {
             let out = args.out.unwrap_or_else(|| {
                 PathBuf::from("runs")
@@ -292,12 +352,7 @@ fn attack_specs(a: &EvalArgs, m: &ArgMatches) -> Result<Vec<AttackSpec>> {
         let Some(owner) = attack_at.iter().rposition(|&i| i < at) else {
             bail!("--eps {eps} comes before any --attack; write `--attack NAME --eps LIST`");
         };
-        specs.push(AttackSpec {
-            steps: a.steps,
-            step_size: a.step_size,
-            restarts: a.restarts,
-            ..AttackSpec::new(a.attack[owner], eps)
-        });
+        specs.push(a.params.spec(a.attack[owner], eps));
     }
     for (j, (&at, kind)) in attack_at.iter().zip(&a.attack).enumerate() {
         let next = attack_at.get(j + 1).copied().unwrap_or(usize::MAX);
@@ -314,19 +369,43 @@ fn attack_specs(a: &EvalArgs, m: &ArgMatches) -> Result<Vec<AttackSpec>> {
     Ok(specs)
 }
 
+/// A trained run in evaluation mode and (the first `limit` of) its test set.
+struct Loaded {
+    model: adp::model::Ensemble,
+    config: TrainConfig,
+    test: adp::data::Dataset,
+}
+
+fn load_for_eval(
+    run: &Path,
+    data_dir: Option<PathBuf>,
+    limit: Option<usize>,
+    device: &burn::prelude::Device,
+) -> Result<Loaded> {
+    let (_, model) = load_run(run, device)?;
+    let config: TrainConfig = adp::io::read_toml(&run.join("config.toml"))?;
+    let data_dir = data_dir.unwrap_or(config.data_dir.clone());
+    let mut test = load_idx_dataset(&data_dir, config.dataset, Split::Test)?;
+    if let Some(n) = limit {
+        ensure!(n >= 1, "--limit must be at least 1");
+        test = test.take(n);
+    }
+    Ok(Loaded {
+        model: model.valid(),
+        config,
+        test,
+    })
+}
+
 fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
     let specs = attack_specs(&a, m)?;
     ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
     let device = a.device.device()?;
-    let (_, model) = load_run(&a.run, &device)?;
-    let model = model.valid();
-    let config: TrainConfig = adp::io::read_toml(&a.run.join("config.toml"))?;
-    let data_dir = a.data_dir.unwrap_or(config.data_dir.clone());
-    let mut test = load_idx_dataset(&data_dir, config.dataset, Split::Test)?;
-    if let Some(n) = a.limit {
-        ensure!(n >= 1, "--limit must be at least 1");
-        test = test.take(n);
-    }
+    let Loaded {
+        model,
+        config,
+        test,
+    } = load_for_eval(&a.run, a.data_dir, a.limit, &device)?;
     let mut report = EvalReport {
         label: config.label(),
         clean: clean(&model, &test, a.batch_size, &device),
@@ -349,5 +428,44 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         adp::report::comparison_markdown(std::slice::from_ref(&report))
     );
     println!("written to {}/eval.json and eval.csv", a.run.display());
+    Ok(())
+}
+
+fn run_attack(a: AttackArgs) -> Result<()> {
+    let spec = a.params.spec(a.attack, a.eps);
+    spec.validate()?;
+    ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
+    let device = a.device.device()?;
+    let Loaded { model, test, .. } = load_for_eval(&a.run, a.data_dir, a.limit, &device)?;
+    let set = attack_dataset(
+        &model,
+        &test,
+        &spec,
+        a.targeted,
+        a.member,
+        a.batch_size,
+        a.seed,
+        &device,
+    )?;
+    set.save(&a.out)?;
+    let victim = a
+        .member
+        .map_or("the ensemble".to_string(), |k| format!("member {k}"));
+    let mean = |f: fn(&adp::attack::Norms) -> f64| {
+        set.norms.iter().map(f).sum::<f64>() / set.norms.len() as f64
+    };
+    println!(
+        "{} on {victim}, {} test images, {:.1}s\nsuccess rate {:.2}%  ensemble accuracy {:.2}%\nmean perturbation: L0 {:.1}  L1 {:.3}  L2 {:.3}  Linf {:.4}\nsaved to {}",
+        set.description,
+        set.labels.len(),
+        set.seconds,
+        100.0 * AttackedSet::rate(&set.success),
+        100.0 * AttackedSet::rate(&set.ensemble_correct),
+        mean(|n| n.l0),
+        mean(|n| n.l1),
+        mean(|n| n.l2),
+        mean(|n| n.linf),
+        a.out.display()
+    );
     Ok(())
 }

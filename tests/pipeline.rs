@@ -149,6 +149,53 @@ fn eval_prints_tables_and_writes_json_and_csv() {
 }
 
 #[test]
+fn attack_command_saves_adversarial_examples_within_budget() {
+    let run = trained_run();
+    let out = scratch().join("adv.safetensors");
+    let o = adp(&[
+        "attack",
+        run.to_str().unwrap(),
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.2",
+        "--targeted",
+        "--member",
+        "1",
+        "--limit",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("on member 1, 50 test images"));
+    let t = tensors(&out);
+    let (shape, adv) = &t["adversarial"];
+    assert_eq!(shape, &serde_json::json!([50, 1, 28, 28]));
+    assert_eq!(t["targets"].0, serde_json::json!([50]));
+    assert_eq!(t["norms"].0, serde_json::json!([50, 4]));
+    let test = load_idx_dataset(&data_dir(), DatasetKind::Mnist, Split::Test)
+        .unwrap()
+        .take(50);
+    let adv: Vec<f32> = adv
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for (a, x) in adv.iter().zip(&test.images) {
+        assert!(
+            (0.0..=1.0).contains(a) && (a - x).abs() <= 0.2 + 1e-6,
+            "{a} vs {x}"
+        );
+    }
+    let labels = &t["labels"].1;
+    let targets = &t["targets"].1;
+    assert!(
+        labels.chunks(8).zip(targets.chunks(8)).all(|(l, t)| l != t),
+        "a target equals its label"
+    );
+}
+
+#[test]
 fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
     let run = trained_run();
     let device = Device::default();

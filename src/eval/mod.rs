@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::attack::{AttackSpec, Classifier, Goal, Victim, random_targets};
+use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, random_targets};
 use crate::data::{Batcher, Dataset};
 use crate::loss::log_ensemble_diversity;
 use crate::model::Ensemble;
@@ -102,24 +102,122 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
     }
 }
 
-/// Runs one attack over `data` and measures the ensemble's accuracy on the result.
-/// `targeted` draws a random wrong target per example from `seed`.
-pub fn robust(
+/// Everything one attack produced over a data set: what `adp attack` saves.
+#[derive(Debug, Clone)]
+pub struct AttackedSet {
+    /// Description of the attack with every parameter.
+    pub description: String,
+    /// Adversarial images, `len × C × H × W` pixels in `[0, 1]`.
+    pub adversarial: Vec<f32>,
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+    /// True labels.
+    pub labels: Vec<i64>,
+    /// Target classes of a targeted attack.
+    pub targets: Option<Vec<i64>>,
+    /// Whether the attack met its goal on the attacked model (the ensemble or one member).
+    pub success: Vec<bool>,
+    /// Whether the whole ensemble still classifies each adversarial example correctly.
+    pub ensemble_correct: Vec<bool>,
+    /// Size of each perturbation.
+    pub norms: Vec<Norms>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl AttackedSet {
+    /// Fraction of `flags` that are set.
+    pub fn rate(flags: &[bool]) -> f64 {
+        flags.iter().filter(|f| **f).count() as f64 / flags.len().max(1) as f64
+    }
+
+    /// Saves the examples as safetensors: `adversarial` `[N, C, H, W]` f32, `labels` `[N]` i64,
+    /// `targets` `[N]` i64 (targeted only), `success` and `ensemble_correct` `[N]` u8, and
+    /// `norms` `[N, 4]` f32 (L0, L1, L2, L∞); the attack's description is in the metadata.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let n = self.labels.len();
+        let [c, h, w] = self.shape;
+        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let li = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let flags = |v: &[bool]| v.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+        let norms: Vec<f32> = self
+            .norms
+            .iter()
+            .flat_map(|m| [m.l0, m.l1, m.l2, m.linf])
+            .map(|x| x as f32)
+            .collect();
+        let mut tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            (
+                "adversarial",
+                Dtype::F32,
+                vec![n, c, h, w],
+                le(&self.adversarial),
+            ),
+            ("labels", Dtype::I64, vec![n], li(&self.labels)),
+            ("success", Dtype::U8, vec![n], flags(&self.success)),
+            (
+                "ensemble_correct",
+                Dtype::U8,
+                vec![n],
+                flags(&self.ensemble_correct),
+            ),
+            ("norms", Dtype::F32, vec![n, 4], le(&norms)),
+        ];
+        if let Some(t) = &self.targets {
+            tensors.push(("targets", Dtype::I64, vec![n], li(t)));
+        }
+        let views: Vec<(&str, TensorView)> = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                Ok((*name, TensorView::new(*dtype, shape.clone(), bytes)?))
+            })
+            .collect::<Result<_, safetensors::SafeTensorError>>()?;
+        let meta =
+            std::collections::HashMap::from([("attack".to_string(), self.description.clone())]);
+        let bytes = safetensors::serialize(views, Some(meta))?;
+        crate::io::atomic_write(path, &bytes)
+    }
+}
+
+/// Runs one attack over `data`, on the whole ensemble or on member `member` alone, and keeps
+/// everything it produced. `targeted` draws a random wrong target per example from `seed`.
+#[allow(clippy::too_many_arguments)]
+pub fn attack_dataset(
     model: &Ensemble,
     data: &Dataset,
     spec: &AttackSpec,
     targeted: bool,
+    member: Option<usize>,
     batch_size: usize,
     seed: u64,
     device: &Device,
-) -> Result<RobustResult> {
+) -> Result<AttackedSet> {
     spec.validate()?;
+    if let Some(k) = member {
+        ensure!(
+            k < model.len(),
+            "--member {k} does not exist: the ensemble has members 0..{}",
+            model.len() - 1
+        );
+    }
     let attack = spec.build();
-    let victim = Victim::ensemble(model);
+    let ensemble = Victim::ensemble(model);
+    let victim = member.map_or(Victim::ensemble(model), |k| Victim::member(model, k));
     let batcher = Batcher::sequential(data, batch_size);
     let bar = crate::report::progress_bar(batcher.num_batches() as u64, &attack.name());
     let start = std::time::Instant::now();
-    let (mut correct, mut hits) = (0usize, 0usize);
+    let mut set = AttackedSet {
+        description: attack.name(),
+        adversarial: Vec::with_capacity(data.images.len()),
+        shape: data.shape,
+        labels: Vec::with_capacity(data.len()),
+        targets: targeted.then(Vec::new),
+        success: Vec::with_capacity(data.len()),
+        ensemble_correct: Vec::with_capacity(data.len()),
+        norms: Vec::with_capacity(data.len()),
+        seconds: 0.0,
+    };
     device.seed(seed);
     for (i, batch) in batcher.iter(device).enumerate() {
         let goal = if targeted {
@@ -136,25 +234,64 @@ pub fn robust(
             out.success.len() == batch.labels.dims()[0],
             "attack returned a wrong batch size"
         );
-        let log_probs = victim.log_probs(out.adversarial);
-        correct += match &goal {
-            Goal::Untargeted(_) => count_correct(log_probs, batch.labels),
-            Goal::Targeted(_) => out.success.iter().filter(|s| !**s).count(),
-        };
-        hits += out.success.iter().filter(|s| **s).count();
+        let pred = ensemble
+            .log_probs(out.adversarial.clone())
+            .argmax(1)
+            .flatten::<1>(0, 1);
+        set.ensemble_correct
+            .extend(crate::attack::bools(pred.equal(batch.labels.clone())));
+        if let (Some(t), Goal::Targeted(goal_t)) = (set.targets.as_mut(), &goal) {
+            t.extend(
+                goal_t
+                    .to_data()
+                    .try_into_vec_as::<i64>()
+                    .expect("int targets"),
+            );
+        }
+        set.labels.extend(
+            batch
+                .labels
+                .into_data()
+                .try_into_vec_as::<i64>()
+                .expect("int labels"),
+        );
+        set.adversarial
+            .extend(floats(out.adversarial).into_iter().map(|x| x as f32));
+        set.success.extend(out.success);
+        set.norms.extend(out.norms);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let n = data.len() as f64;
+    set.seconds = start.elapsed().as_secs_f64();
+    Ok(set)
+}
+
+/// Runs one attack over `data` against the ensemble and measures its accuracy on the result:
+/// the fraction still classified correctly (untargeted) or not moved to the target (targeted).
+pub fn robust(
+    model: &Ensemble,
+    data: &Dataset,
+    spec: &AttackSpec,
+    targeted: bool,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<RobustResult> {
+    let set = attack_dataset(model, data, spec, targeted, None, batch_size, seed, device)?;
+    let success_rate = AttackedSet::rate(&set.success);
     Ok(RobustResult {
         attack: spec.kind.name().into(),
-        description: attack.name(),
+        description: set.description,
         eps: spec.eps,
         targeted,
         examples: data.len(),
-        accuracy: correct as f64 / n,
-        success_rate: hits as f64 / n,
-        seconds: start.elapsed().as_secs_f64(),
+        accuracy: if targeted {
+            1.0 - success_rate
+        } else {
+            AttackedSet::rate(&set.ensemble_correct)
+        },
+        success_rate,
+        seconds: set.seconds,
     })
 }
 
