@@ -8,6 +8,7 @@
 //! experiments.
 
 pub mod attack;
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod eval;

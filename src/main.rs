@@ -41,6 +41,8 @@ enum Command {
     Attack(AttackArgs),
     /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist`.
     Reproduce(ReproduceArgs),
+    /// Measure training, inference and attack throughput and peak memory; prints a table.
+    Bench(BenchArgs),
     /// Solve Eq. 7 (Theorem 2) for α given K, L and the target confidence F_y.
     Alpha {
         /// Number of members K.
@@ -228,6 +230,31 @@ struct AttackArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Architectures to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ModelKind::Cnn, ModelKind::Resnet20])]
+    models: Vec<ModelKind>,
+    /// Ensemble sizes K.
+    #[arg(long, value_delimiter = ',', default_values_t = [3, 5, 20])]
+    members: Vec<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Untimed warm-up steps per row.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps per row.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Device (backend).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
+    /// Also write the measurements as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
 struct ReproduceArgs {
     /// The experiment: `mnist` (Table 1-2 on MNIST) or `fashion-mnist`.
     experiment: DatasetKind,
@@ -272,6 +299,27 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             run_eval(args, sub)
         }
         Command::Attack(args) => run_attack(args),
+        Command::Bench(a) => {
+            let config = adp::bench::BenchConfig {
+                models: a.models,
+                members: a.members,
+                batch_size: a.batch_size,
+                warmup: a.warmup,
+                steps: a.steps,
+                device: a.device,
+            };
+            let report = adp::bench::run(&config, |r| {
+                eprintln!(
+                    "{} {:?} K={}: {:.1} img/s",
+                    r.task, r.model, r.members, r.images_per_s
+                )
+            })?;
+            println!("{}", adp::bench::markdown(&report));
+            if let Some(path) = a.json {
+                adp::io::write_json(&path, &report)?;
+            }
+            Ok(())
+        }
         Command::Reproduce(args) => {
             let out = args.out.unwrap_or_else(|| {
                 PathBuf::from("runs")

@@ -348,6 +348,40 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (serde_json::Value
 }
 
 #[test]
+fn a_loss_that_goes_nan_stops_training_and_names_the_last_good_checkpoint() {
+    let data = data_dir();
+    let run = scratch().join("nan");
+    let o = adp(&train_args(
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "1",
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(run.join("model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let config = config
+        .replace("epochs = 1\n", "epochs = 3\n")
+        .replace("lr = 0.001\n", "lr = 1e30\n");
+    std::fs::write(run.join("config.toml"), config).unwrap();
+    let o = adp(&["train", "--resume", run.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("the loss became") && err.contains("epoch 2, step"),
+        "{err}"
+    );
+    assert!(err.contains("epoch-0001"), "{err}");
+    assert!(
+        !run.join("model.safetensors").exists(),
+        "a NaN model was saved"
+    );
+    assert!(
+        !run.join("checkpoint/epoch-0002").exists(),
+        "a NaN checkpoint was saved"
+    );
+}
+
+#[test]
 fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
     let out = scratch().join("reproduce");
     let data = data_dir();

@@ -390,6 +390,80 @@ fn update_freezing(config: &TrainConfig, state: &mut TrainState, member_ce: &[f6
     }
 }
 
+/// The numbers of one training step (means over its batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    /// The objective, including the L2 penalty.
+    pub loss: f64,
+    /// L_ECE.
+    pub ece: f64,
+    /// Ensemble entropy H(F).
+    pub entropy: f64,
+    /// log ED.
+    pub log_det: f64,
+    /// Examples the ensemble classified correctly (before the update).
+    pub correct: usize,
+    /// Each member's cross-entropy.
+    pub member_ce: Vec<f64>,
+}
+
+/// The objective became NaN or infinite; holds its value. No parameter was updated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFinite(pub f64);
+
+/// One step of Algorithm 1 on `batch`: the objective (ECE or ADP, Eq. 5, plus the L2 penalty on
+/// the active members' conv kernels) is back-propagated once and each active member k takes an
+/// Adam step with learning rate `lrs[k]`; frozen members are left untouched. A non-finite
+/// objective is reported before any update.
+pub fn train_step(
+    mut model: Ensemble,
+    optims: &mut [ModuleOptimizer],
+    batch: crate::data::Batch,
+    objective: &AdpConfig,
+    l2: f64,
+    lrs: &[f64],
+    frozen: &[bool],
+) -> std::result::Result<(Ensemble, StepMetrics), NonFinite> {
+    let out = model.forward(batch.images);
+    let loss = adp_loss(out.logits.clone(), batch.labels.clone(), objective);
+    let mut total = loss.total.clone();
+    if l2 > 0.0 {
+        for (m, _) in model.members.iter().zip(frozen).filter(|(_, f)| !**f) {
+            total = total + m.conv_l2().mul_scalar(l2);
+        }
+    }
+    let value = total.clone().into_scalar::<f32>() as f64;
+    if !value.is_finite() {
+        return Err(NonFinite(value));
+    }
+    let mut grads = total.backward();
+    let members = std::mem::take(&mut model.members);
+    model.members = members
+        .into_iter()
+        .enumerate()
+        .map(|(j, m)| {
+            if frozen[j] {
+                return m;
+            }
+            let g = GradientsParams::from_module(&mut grads, &m);
+            optims[j].step(lrs[j], m, g)
+        })
+        .collect();
+    let logits = out.logits.detach();
+    let metrics = StepMetrics {
+        loss: value,
+        ece: loss.ece.into_scalar::<f32>() as f64,
+        entropy: loss.entropy.into_scalar::<f32>() as f64,
+        log_det: loss.log_det.into_scalar::<f32>() as f64,
+        member_ce: crate::eval::member_cross_entropy(logits.clone(), batch.labels.clone()),
+        correct: crate::eval::count_correct(
+            crate::model::EnsembleOutput { logits }.mean_probs(),
+            batch.labels,
+        ),
+    };
+    Ok((model, metrics))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_epoch(
     config: &TrainConfig,
@@ -414,64 +488,37 @@ fn run_epoch(
     for i in 0..batcher.num_batches() {
         let batch = batcher.batch(i, device);
         let n = batch.labels.dims()[0];
-        let out = model.forward(batch.images);
-        let loss = adp_loss(out.logits.clone(), batch.labels.clone(), objective);
-        let mut total = loss.total.clone();
-        if config.l2 > 0.0 {
-            for (m, _) in model
-                .members
-                .iter()
-                .zip(&state.frozen)
-                .filter(|(_, f)| !**f)
-            {
-                total = total + m.conv_l2().mul_scalar(config.l2);
+        let lrs: Vec<f64> = (0..k).map(|j| config.lr_at(epoch, j)).collect();
+        let step = train_step(
+            model,
+            optims,
+            batch,
+            objective,
+            config.l2,
+            &lrs,
+            &state.frozen,
+        );
+        let (next, m) = match step {
+            Ok(done) => done,
+            Err(NonFinite(value)) => {
+                let last = latest(run)?
+                    .map(|l| run.join(l.dir).display().to_string())
+                    .unwrap_or_else(|| "none (no epoch finished yet)".into());
+                bail!(
+                    "the loss became {value} at epoch {}, step {}; nothing was saved from this epoch. Last good checkpoint: {last}. Lower --lr or check the data",
+                    epoch + 1,
+                    i + 1
+                );
             }
-        }
-        let value = total.clone().into_scalar::<f32>() as f64;
-        if !value.is_finite() {
-            let last = latest(run)?
-                .map(|l| run.join(l.dir).display().to_string())
-                .unwrap_or_else(|| "none (no epoch finished yet)".into());
-            bail!(
-                "the loss became {value} at epoch {}, step {}; nothing was saved from this epoch. Last good checkpoint: {last}. Lower --lr or check the data",
-                epoch + 1,
-                i + 1
-            );
-        }
-        let mut grads = total.backward();
-        let members = std::mem::take(&mut model.members);
-        model.members = members
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| {
-                if state.frozen[j] {
-                    return m;
-                }
-                let g = GradientsParams::from_module(&mut grads, &m);
-                optims[j].step(config.lr_at(epoch, j), m, g)
-            })
-            .collect();
-
-        // Metrics, from the detached outputs.
-        let logits = out.logits.detach();
-        let per_member = crate::eval::member_cross_entropy(logits.clone(), batch.labels.clone());
-        for (acc, ce) in member_ce.iter_mut().zip(per_member) {
+        };
+        model = next;
+        for (acc, ce) in member_ce.iter_mut().zip(&m.member_ce) {
             *acc += ce * n as f64;
         }
-        let correct = crate::eval::count_correct(
-            crate::model::EnsembleOutput { logits }.mean_probs(),
-            batch.labels,
-        );
-        let parts = [
-            value,
-            loss.ece.into_scalar::<f32>() as f64,
-            loss.entropy.into_scalar::<f32>() as f64,
-            loss.log_det.into_scalar::<f32>() as f64,
-        ];
-        for (s, p) in sums.iter_mut().zip(parts) {
+        for (s, p) in sums.iter_mut().zip([m.loss, m.ece, m.entropy, m.log_det]) {
             *s += p * n as f64;
         }
-        sums[4] += correct as f64;
+        sums[4] += m.correct as f64;
         seen += n;
         bar.inc(1);
         if i % 10 == 0 {
