@@ -23,6 +23,26 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Moves an existing `path` aside to the first free `stem.N.ext` (N = 1, 2, …), so that writing
+/// a new result there never destroys an earlier one. Returns where the old file went.
+pub fn keep_previous(path: &Path) -> Result<Option<std::path::PathBuf>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let aside = (1..)
+        .map(|n| path.with_file_name(format!("{stem}.{n}{ext}")))
+        .find(|p| !p.exists())
+        .expect("an unused name");
+    std::fs::rename(path, &aside)
+        .with_context(|| format!("cannot move {} aside", path.display()))?;
+    Ok(Some(aside))
+}
+
 /// Writes a value as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
@@ -54,5 +74,21 @@ mod tests {
         let back: Vec<i32> = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(back, vec![3]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn keep_previous_moves_old_results_to_numbered_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("eval.json");
+        assert_eq!(keep_previous(&p).unwrap(), None);
+        for round in 0..3 {
+            keep_previous(&p).unwrap();
+            write_json(&p, &round).unwrap();
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(
+            (read("eval.1.json"), read("eval.2.json"), read("eval.json")),
+            ("0".into(), "1".into(), "2".into())
+        );
     }
 }

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, random_targets};
+use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, input_gradient, random_targets};
 use crate::data::{Batcher, Dataset};
 use crate::loss::log_ensemble_diversity;
 use crate::model::Ensemble;
@@ -48,6 +48,11 @@ pub struct CleanResult {
     pub ensemble_error: f64,
     /// Mean log ED over the test set (App. B.3).
     pub mean_log_det: f64,
+    /// Fraction of examples on which the input gradient of −log F_y (the loss FGSM, BIM and
+    /// PGD ascend) is exactly zero in floating point: a saturated softmax masks the gradient,
+    /// and these examples cannot be moved by those attacks whatever the model's real robustness.
+    #[serde(default)]
+    pub zero_gradient: f64,
 }
 
 /// Accuracy under one attack at one budget (Table 2).
@@ -78,8 +83,20 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
     let mut member_wrong = vec![0usize; k];
     let mut ens_wrong = 0usize;
     let mut log_det = 0f64;
+    let mut zero_gradient = 0usize;
+    let victim = Victim::ensemble(model);
     for batch in Batcher::sequential(data, batch_size).iter(device) {
         let n = batch.labels.dims()[0];
+        let g = input_gradient(
+            &victim,
+            &batch.images,
+            &Goal::Untargeted(batch.labels.clone()),
+        );
+        let g_abs = g.abs().flatten::<2>(1, 3).sum_dim(1).flatten::<1>(0, 1);
+        zero_gradient += crate::attack::bools(g_abs.equal_elem(0.0))
+            .iter()
+            .filter(|z| **z)
+            .count();
         let out = model.forward(batch.images);
         for (j, w) in member_wrong.iter_mut().enumerate() {
             let z = out
@@ -99,6 +116,7 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
         member_error: member_wrong.iter().map(|&w| w as f64 / total).collect(),
         ensemble_error: ens_wrong as f64 / total,
         mean_log_det: log_det / total,
+        zero_gradient: zero_gradient as f64 / total,
     }
 }
 
@@ -324,6 +342,10 @@ impl EvalReport {
             "{},mean_log_det,clean,0,false,{},{:.6}\n",
             self.label, self.clean.examples, self.clean.mean_log_det
         ));
+        s.push_str(&format!(
+            "{},zero_gradient,clean,0,false,{},{:.6}\n",
+            self.label, self.clean.examples, self.clean.zero_gradient
+        ));
         for r in &self.robust {
             s.push_str(&format!(
                 "{},accuracy,{},{},{},{},{:.6}\n",
@@ -333,8 +355,11 @@ impl EvalReport {
         s
     }
 
-    /// Writes `eval.json` and `eval.csv` into `dir`, atomically.
+    /// Writes `eval.json` and `eval.csv` into `dir`, atomically; earlier results there are kept
+    /// as `eval.N.json` / `eval.N.csv`.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::io::keep_previous(&dir.join("eval.json"))?;
+        crate::io::keep_previous(&dir.join("eval.csv"))?;
         crate::io::write_json(&dir.join("eval.json"), self)?;
         crate::io::atomic_write(&dir.join("eval.csv"), self.to_csv().as_bytes())
     }

@@ -65,6 +65,10 @@ pub fn comparison_markdown(reports: &[EvalReport]) -> String {
     for r in reports {
         s.push_str(&format!(" {:.2} |", r.clean.mean_log_det));
     }
+    s.push_str("\n| zero input gradient (%) | |");
+    for r in reports {
+        s.push_str(&format!(" {} |", pct(r.clean.zero_gradient)));
+    }
     s.push('\n');
 
     let Some(first) = reports.first() else {
@@ -109,6 +113,7 @@ mod tests {
                 member_error: vec![0.01, 0.02],
                 ensemble_error: 0.005,
                 mean_log_det: -3.25,
+                zero_gradient: 0.25,
             },
             robust: vec![RobustResult {
                 attack: "pgd".into(),
@@ -131,5 +136,9 @@ mod tests {
         assert!(md.contains("| Ensemble | | 0.5 | 0.5 |"), "{md}");
         assert!(md.contains("| PGD | ε = 0.1 | 50.0 | 80.0 |"), "{md}");
         assert!(md.contains("| mean log ED | | -3.25 | -3.25 |"), "{md}");
+        assert!(
+            md.contains("| zero input gradient (%) | | 25.0 | 25.0 |"),
+            "{md}"
+        );
     }
 }
