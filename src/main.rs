@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use adp::attack::{AttackKind, AttackSpec};
+use adp::attack::{AttackKind, AttackSpec, DecisionRule};
 use adp::data::{DatasetKind, Split, fetch, load_idx_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
@@ -137,12 +137,20 @@ struct TrainArgs {
 struct EvalArgs {
     /// The run directory written by `adp train`.
     run: PathBuf,
-    /// An attack; follow each by its --eps list: `--attack fgsm --eps 0.1,0.2 --attack pgd --eps 0.1`.
+    /// An attack; follow each by its list of main parameters (Table 2's "Para."):
+    /// `--attack fgsm --eps 0.1,0.2 --attack jsma --gamma 0.3 --attack cw --c 0.1,1,10`.
     #[arg(long, value_enum, action = clap::ArgAction::Append)]
     attack: Vec<AttackKind>,
-    /// Budgets ε (pixel units) for the preceding --attack, comma-separated.
+    /// The preceding --attack's main parameters, comma-separated: budgets ε (pixel units) for
+    /// fgsm, bim, pgd and mim; for the others the list stands for --gamma (jsma) or --c (cw, ead).
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
     eps: Vec<f64>,
+    /// Fractions γ of changed pixels for the preceding --attack jsma (paper: 0.3, 0.6), comma-separated.
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    gamma: Vec<f64>,
+    /// Constants c for the preceding --attack cw or ead (paper: 0.1, 1, 10 and 5, 10), comma-separated.
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    c: Vec<f64>,
     #[command(flatten)]
     params: AttackParams,
     /// Attack random target classes instead of any wrong class.
@@ -168,25 +176,57 @@ struct EvalArgs {
 /// Parameters shared by every attack; unset ones take the paper's defaults.
 #[derive(clap::Args, Debug, Clone)]
 struct AttackParams {
-    /// Iterations of BIM/PGD (paper: 10).
+    /// Iterations of BIM/PGD/MIM (paper: 10).
     #[arg(long)]
     steps: Option<usize>,
-    /// Step size of BIM/PGD (paper: ε/10).
+    /// Step size of BIM/PGD/MIM (paper: ε/10).
     #[arg(long)]
     step_size: Option<f64>,
-    /// Random restarts of PGD.
+    /// Random restarts of PGD and MIM.
     #[arg(long)]
     restarts: Option<usize>,
+    /// Momentum decay μ of MIM (paper: 1.0).
+    #[arg(long, allow_negative_numbers = true)]
+    decay: Option<f64>,
+    /// Change θ of each pixel JSMA selects (paper: 0.2 on MNIST).
+    #[arg(long, allow_negative_numbers = true)]
+    theta: Option<f64>,
+    /// Confidence κ of C&W and EAD (official code: 0.1).
+    #[arg(long, allow_negative_numbers = true)]
+    kappa: Option<f64>,
+    /// Learning rate of C&W and EAD (paper: 0.01).
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// Iterations of C&W and EAD per binary-search step (paper: 1000).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Binary-search steps over c of C&W and EAD (default 1: c fixed, as in Table 2).
+    #[arg(long)]
+    binary_search_steps: Option<usize>,
+    /// Weight β of EAD's L1 term (paper: 0.01).
+    #[arg(long, allow_negative_numbers = true)]
+    beta: Option<f64>,
+    /// How EAD picks its best example: en (elastic net) or l1.
+    #[arg(long, value_enum)]
+    decision_rule: Option<DecisionRule>,
 }
 
 impl AttackParams {
-    /// The attack `kind` at budget `eps` with these parameters.
-    fn spec(&self, kind: AttackKind, eps: f64) -> AttackSpec {
+    /// The attack `kind` with main parameter `value` (ε, γ or c) and these parameters.
+    fn spec(&self, kind: AttackKind, value: f64) -> AttackSpec {
         AttackSpec {
             steps: self.steps,
             step_size: self.step_size,
             restarts: self.restarts,
-            ..AttackSpec::new(kind, eps)
+            decay: self.decay,
+            theta: self.theta,
+            kappa: self.kappa,
+            lr: self.lr,
+            iterations: self.iterations,
+            binary_search_steps: self.binary_search_steps,
+            beta: self.beta,
+            decision_rule: self.decision_rule,
+            ..AttackSpec::main(kind, value)
         }
     }
 }
@@ -198,8 +238,9 @@ struct AttackArgs {
     /// The attack.
     #[arg(long, value_enum)]
     attack: AttackKind,
-    /// Budget ε in pixel units.
-    #[arg(long)]
+    /// The attack's main parameter: budget ε in pixel units (fgsm, bim, pgd, mim), the fraction γ
+    /// of changed pixels (jsma) or the constant c (cw, ead).
+    #[arg(long, allow_negative_numbers = true)]
     eps: f64,
     #[command(flatten)]
     params: AttackParams,
@@ -388,27 +429,54 @@ fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Pairs every `--eps` list with the `--attack` that precedes it on the command line.
+/// Pairs every parameter list (`--eps`, `--gamma`, `--c`) with the `--attack` that precedes it on
+/// the command line; `--eps` stands for any attack's main parameter, `--gamma` and `--c` only for
+/// the attacks they belong to.
 fn attack_specs(a: &EvalArgs, m: &ArgMatches) -> Result<Vec<AttackSpec>> {
     let attack_at: Vec<usize> = m
         .indices_of("attack")
         .map(|i| i.collect())
         .unwrap_or_default();
-    let eps_at: Vec<usize> = m.indices_of("eps").map(|i| i.collect()).unwrap_or_default();
+    let mut lists: Vec<(usize, f64, &str)> = Vec::new();
+    for (flag, values) in [("eps", &a.eps), ("gamma", &a.gamma), ("c", &a.c)] {
+        let at: Vec<usize> = m.indices_of(flag).map(|i| i.collect()).unwrap_or_default();
+        lists.extend(
+            at.into_iter()
+                .zip(values.iter())
+                .map(|(i, &v)| (i, v, flag)),
+        );
+    }
+    lists.sort_by_key(|l| l.0);
     let mut specs = Vec::new();
-    for (&eps, &at) in a.eps.iter().zip(&eps_at) {
+    for &(at, value, flag) in &lists {
         let Some(owner) = attack_at.iter().rposition(|&i| i < at) else {
-            bail!("--eps {eps} comes before any --attack; write `--attack NAME --eps LIST`");
+            bail!(
+                "--{flag} {value} comes before any --attack; write `--attack NAME --{flag} LIST`"
+            );
         };
-        specs.push(a.params.spec(a.attack[owner], eps));
+        let kind = a.attack[owner];
+        let main = kind.main_parameter().flag();
+        ensure!(
+            flag == "eps" || flag == main,
+            "--{flag} does not apply to --attack {}; write `--attack {} --{main} LIST`",
+            kind.name(),
+            kind.name()
+        );
+        specs.push(a.params.spec(kind, value));
     }
     for (j, (&at, kind)) in attack_at.iter().zip(&a.attack).enumerate() {
         let next = attack_at.get(j + 1).copied().unwrap_or(usize::MAX);
+        let main = kind.main_parameter().flag();
         ensure!(
-            eps_at.iter().any(|&e| e > at && e < next),
-            "--attack {} has no --eps list; write `--attack {} --eps 0.1,0.2`",
+            lists.iter().any(|&(e, _, _)| e > at && e < next),
+            "--attack {} has no --{main} list; write `--attack {} --{main} {}`",
             kind.name(),
-            kind.name()
+            kind.name(),
+            match kind.main_parameter() {
+                adp::attack::MainParameter::Eps => "0.1,0.2",
+                adp::attack::MainParameter::Gamma => "0.3,0.6",
+                adp::attack::MainParameter::C => "1,10",
+            }
         );
     }
     for s in &specs {

@@ -3,17 +3,29 @@
 //!
 //! Every attack runs on a [`Classifier`]'s log-probabilities in evaluation mode (BatchNorm on
 //! running statistics, no parameter gradients) and returns adversarial images that stay inside
-//! `[0, 1]` and inside the attack's ε-ball around the input.
+//! `[0, 1]`, and inside the ε-ball around the input for the L∞ attacks (FGSM, BIM, PGD, MIM).
+//! JSMA (L0), C&W-L2 and EAD (elastic net) have no fixed ball: they return their best successful
+//! example, or the clean image where they fail.
 
+pub mod cw;
+pub mod ead;
 pub mod fgsm;
+pub mod jsma;
+pub mod margin;
+pub mod mim;
 pub mod pgd;
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{Distribution, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Ensemble, EnsembleOutput};
+pub use cw::CwL2;
+pub use ead::{DecisionRule, Ead};
 pub use fgsm::Fgsm;
+pub use jsma::Jsma;
+pub use margin::OptimSettings;
+pub use mim::Mim;
 pub use pgd::Pgd;
 
 /// The attacks selectable by name on the command line.
@@ -26,6 +38,14 @@ pub enum AttackKind {
     Bim,
     /// Projected gradient descent from a random start.
     Pgd,
+    /// Momentum iterative method (Dong et al., 2018).
+    Mim,
+    /// Jacobian-based saliency map attack (Papernot et al., 2016).
+    Jsma,
+    /// Carlini & Wagner's L2 attack (2017).
+    Cw,
+    /// Elastic-net attack (Chen et al., 2018).
+    Ead,
 }
 
 impl AttackKind {
@@ -35,24 +55,105 @@ impl AttackKind {
             AttackKind::Fgsm => "fgsm",
             AttackKind::Bim => "bim",
             AttackKind::Pgd => "pgd",
+            AttackKind::Mim => "mim",
+            AttackKind::Jsma => "jsma",
+            AttackKind::Cw => "cw",
+            AttackKind::Ead => "ead",
+        }
+    }
+
+    /// The parameter that Table 2 varies for this attack ("Para."): ε for the L∞ attacks, γ for
+    /// JSMA, c for C&W and EAD.
+    pub fn main_parameter(self) -> MainParameter {
+        match self {
+            AttackKind::Fgsm | AttackKind::Bim | AttackKind::Pgd | AttackKind::Mim => {
+                MainParameter::Eps
+            }
+            AttackKind::Jsma => MainParameter::Gamma,
+            AttackKind::Cw | AttackKind::Ead => MainParameter::C,
+        }
+    }
+}
+
+/// The parameter an attack's row of Table 2 is labelled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainParameter {
+    /// The L∞ budget ε.
+    Eps,
+    /// JSMA's maximum fraction γ of changed pixels.
+    Gamma,
+    /// The constant c of the C&W / EAD objective.
+    C,
+}
+
+impl MainParameter {
+    /// The command-line flag that sets it, without dashes.
+    pub fn flag(self) -> &'static str {
+        match self {
+            MainParameter::Eps => "eps",
+            MainParameter::Gamma => "gamma",
+            MainParameter::C => "c",
+        }
+    }
+
+    /// Its symbol in the paper.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            MainParameter::Eps => "ε",
+            MainParameter::Gamma => "γ",
+            MainParameter::C => "c",
         }
     }
 }
 
 /// An attack and its parameters, as chosen on the command line or in a preset; unset
-/// parameters take the paper's defaults (10 steps of ε/10, one restart).
+/// parameters take the paper's defaults (Section 4.3 and Table 2): 10 steps of ε/10 for BIM, PGD
+/// and MIM with one restart and MIM's decay μ = 1; JSMA with θ = 0.2 and γ = 0.3; 1000 iterations
+/// of learning rate 0.01 with κ = 0.1 and one binary-search step for C&W (c = 1) and EAD (c = 5,
+/// β = 0.01, decision rule EN).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackSpec {
     /// Which attack.
     pub kind: AttackKind,
-    /// L∞ budget ε, in pixel units (pixels lie in `[0, 1]`).
+    /// L∞ budget ε, in pixel units (pixels lie in `[0, 1]`), of FGSM, BIM, PGD and MIM. JSMA,
+    /// C&W and EAD have no ε-ball and ignore it ([`AttackSpec::main`] sets it to 0 for them).
     pub eps: f64,
-    /// Iterations of the iterative attacks (default 10).
+    /// Iterations of BIM, PGD and MIM (default 10).
     pub steps: Option<usize>,
-    /// Step size of the iterative attacks (default ε/10).
+    /// Step size of BIM, PGD and MIM (default ε/10).
     pub step_size: Option<f64>,
-    /// Random restarts of PGD (default 1).
+    /// Random restarts of PGD and MIM (default 1).
     pub restarts: Option<usize>,
+    /// MIM's momentum decay μ (default 1.0).
+    #[serde(default)]
+    pub decay: Option<f64>,
+    /// JSMA's maximum fraction γ of changed pixels (default 0.3).
+    #[serde(default)]
+    pub gamma: Option<f64>,
+    /// JSMA's change θ of one selected pixel (default 0.2, the paper's "ε" for JSMA on MNIST).
+    #[serde(default)]
+    pub theta: Option<f64>,
+    /// Constant c of C&W (default 1) and EAD (default 5); the initial c when binary searching.
+    #[serde(default)]
+    pub c: Option<f64>,
+    /// Confidence κ of C&W and EAD (default 0.1, as in the official code).
+    #[serde(default)]
+    pub kappa: Option<f64>,
+    /// Learning rate of C&W (Adam) and EAD (FISTA) (default 0.01).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Iterations of C&W and EAD per binary-search step (default 1000).
+    #[serde(default)]
+    pub iterations: Option<usize>,
+    /// Binary-search steps over c of C&W and EAD (default 1: c stays fixed, as in Table 2).
+    #[serde(default)]
+    pub binary_search_steps: Option<usize>,
+    /// EAD's L1 weight β (default 0.01).
+    #[serde(default)]
+    pub beta: Option<f64>,
+    /// EAD's rule for choosing the best example (default EN).
+    #[serde(default)]
+    pub decision_rule: Option<DecisionRule>,
 }
 
 impl AttackSpec {
@@ -64,7 +165,58 @@ impl AttackSpec {
             steps: None,
             step_size: None,
             restarts: None,
+            decay: None,
+            gamma: None,
+            theta: None,
+            c: None,
+            kappa: None,
+            lr: None,
+            iterations: None,
+            binary_search_steps: None,
+            beta: None,
+            decision_rule: None,
         }
+    }
+
+    /// The attack with its main parameter (ε, γ or c, see [`AttackKind::main_parameter`]) set to
+    /// `value` and every other at the paper's default.
+    pub fn main(kind: AttackKind, value: f64) -> Self {
+        match kind.main_parameter() {
+            MainParameter::Eps => Self::new(kind, value),
+            MainParameter::Gamma => Self {
+                gamma: Some(value),
+                ..Self::new(kind, 0.0)
+            },
+            MainParameter::C => Self {
+                c: Some(value),
+                ..Self::new(kind, 0.0)
+            },
+        }
+    }
+
+    /// The value of the main parameter, defaults applied.
+    pub fn main_value(&self) -> f64 {
+        match self.kind.main_parameter() {
+            MainParameter::Eps => self.eps,
+            MainParameter::Gamma => self.gamma.unwrap_or(Jsma::PAPER_GAMMA),
+            MainParameter::C => self.c_or_default(),
+        }
+    }
+
+    /// Table 2's "Para." cell, e.g. `ε = 0.1`, `γ = 0.3` or `c = 1`.
+    pub fn parameter_label(&self) -> String {
+        format!(
+            "{} = {}",
+            self.kind.main_parameter().symbol(),
+            self.main_value()
+        )
+    }
+
+    fn c_or_default(&self) -> f64 {
+        self.c.unwrap_or(match self.kind {
+            AttackKind::Ead => Ead::PAPER_C,
+            _ => CwL2::PAPER_C,
+        })
     }
 
     /// Checks the parameters, with one message naming the bad one.
@@ -74,11 +226,42 @@ impl AttackSpec {
             "--eps must lie in [0, 1] (pixels are in [0, 1]), got {}",
             self.eps
         );
-        if let Some(s) = self.step_size {
-            anyhow::ensure!(s.is_finite() && s > 0.0, "--step-size must be > 0, got {s}");
-        }
+        let positive = |name: &str, v: Option<f64>| match v {
+            Some(v) if !(v.is_finite() && v > 0.0) => {
+                anyhow::bail!("--{name} must be a finite number > 0, got {v}")
+            }
+            _ => Ok(()),
+        };
+        let non_negative = |name: &str, v: Option<f64>| match v {
+            Some(v) if !(v.is_finite() && v >= 0.0) => {
+                anyhow::bail!("--{name} must be a finite number >= 0, got {v}")
+            }
+            _ => Ok(()),
+        };
+        let fraction = |name: &str, v: Option<f64>| match v {
+            Some(v) if !(v > 0.0 && v <= 1.0) => {
+                anyhow::bail!("--{name} must lie in (0, 1], got {v}")
+            }
+            _ => Ok(()),
+        };
+        positive("step-size", self.step_size)?;
         anyhow::ensure!(self.steps != Some(0), "--steps must be at least 1");
         anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
+        non_negative("decay", self.decay)?;
+        fraction("gamma", self.gamma)?;
+        fraction("theta", self.theta)?;
+        positive("c", self.c)?;
+        non_negative("kappa", self.kappa)?;
+        positive("lr", self.lr)?;
+        anyhow::ensure!(
+            self.iterations != Some(0),
+            "--iterations must be at least 1"
+        );
+        anyhow::ensure!(
+            self.binary_search_steps != Some(0),
+            "--binary-search-steps must be at least 1"
+        );
+        non_negative("beta", self.beta)?;
         Ok(())
     }
 
@@ -90,10 +273,40 @@ impl AttackSpec {
             restarts: self.restarts.unwrap_or(base.restarts),
             ..base
         };
+        let optim = || {
+            let base = OptimSettings::paper(self.c_or_default());
+            OptimSettings {
+                kappa: self.kappa.unwrap_or(base.kappa),
+                lr: self.lr.unwrap_or(base.lr),
+                iterations: self.iterations.unwrap_or(base.iterations),
+                binary_search_steps: self.binary_search_steps.unwrap_or(base.binary_search_steps),
+                ..base
+            }
+        };
         match self.kind {
             AttackKind::Fgsm => Box::new(Fgsm { eps: self.eps }),
             AttackKind::Bim => Box::new(tuned(Pgd::bim(self.eps))),
             AttackKind::Pgd => Box::new(tuned(Pgd::paper(self.eps))),
+            AttackKind::Mim => {
+                let base = Mim::paper(self.eps);
+                Box::new(Mim {
+                    step_size: self.step_size.unwrap_or(base.step_size),
+                    steps: self.steps.unwrap_or(base.steps),
+                    restarts: self.restarts.unwrap_or(base.restarts),
+                    decay: self.decay.unwrap_or(base.decay),
+                    ..base
+                })
+            }
+            AttackKind::Jsma => Box::new(Jsma {
+                gamma: self.gamma.unwrap_or(Jsma::PAPER_GAMMA),
+                theta: self.theta.unwrap_or(Jsma::PAPER_THETA),
+            }),
+            AttackKind::Cw => Box::new(CwL2 { optim: optim() }),
+            AttackKind::Ead => Box::new(Ead {
+                optim: optim(),
+                beta: self.beta.unwrap_or(Ead::PAPER_BETA),
+                decision_rule: self.decision_rule.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -170,6 +383,25 @@ impl Goal {
             .gather(1, labels.clone().reshape([n, 1]))
             .reshape([n])
             .mul_scalar(sign)
+    }
+
+    /// Carlini & Wagner's margin on scores `z` `[batch, classes]` (their f₆, the paper's f in
+    /// Section 2.2), `[batch]`: Z_y − max_{i≠y} Z_i (untargeted) or max_{i≠t} Z_i − Z_t
+    /// (targeted). It is negative exactly where the goal is met.
+    pub fn margin(&self, z: Tensor<2>) -> Tensor<1> {
+        let [n, l] = z.dims();
+        let (labels, sign) = match self {
+            Goal::Untargeted(y) => (y, 1.0),
+            Goal::Targeted(t) => (t, -1.0),
+        };
+        let labels = labels.clone().to_device(&z.device());
+        let own = z
+            .clone()
+            .gather(1, labels.clone().reshape([n, 1]))
+            .reshape([n]);
+        let is_label = labels.one_hot::<2>(l).equal_elem(1);
+        let other = z.mask_fill(is_label, -1e9).max_dim(1).reshape([n]);
+        (own - other).mul_scalar(sign)
     }
 
     /// Whether each prediction meets the goal.
@@ -288,6 +520,17 @@ impl LinfBudget {
         let hi = x0.clone().add_scalar(self.eps).clamp_max(1.0);
         x.max_pair(lo).min_pair(hi)
     }
+
+    /// A uniform random point of the ε-ball around `x0`, projected onto `[0, 1]` (the random
+    /// start of PGD, Madry et al., 2018).
+    pub fn random_point(&self, x0: &Tensor<4>) -> Tensor<4> {
+        let noise = Tensor::<4>::random(
+            x0.shape(),
+            Distribution::Uniform(-self.eps, self.eps),
+            &x0.device(),
+        );
+        self.project(x0.clone() + noise, x0)
+    }
 }
 
 /// The gradient with respect to the input of `objective` summed over the batch, and the
@@ -298,16 +541,27 @@ pub fn gradient_of(
     x: &Tensor<4>,
     objective: impl Fn(&dyn Classifier, Tensor<4>) -> Tensor<1>,
 ) -> (Tensor<4>, Tensor<1>) {
+    let (g, value, ()) = gradient_with(model, x, |m, x| (objective(m, x), ()));
+    (g, value)
+}
+
+/// [`gradient_of`] for an objective that also returns by-products of its forward pass (e.g. the
+/// log-probabilities), handed back as they are: detach them before further use.
+pub fn gradient_with<T>(
+    model: &dyn Classifier,
+    x: &Tensor<4>,
+    objective: impl Fn(&dyn Classifier, Tensor<4>) -> (Tensor<1>, T),
+) -> (Tensor<4>, Tensor<1>, T) {
     let xg = x
         .clone()
         .detach()
         .without_autodiff()
         .autodiff()
         .require_grad();
-    let value = objective(model, xg.clone());
+    let (value, aux) = objective(model, xg.clone());
     let grads = value.clone().sum().backward();
     let g = xg.grad(&grads).expect("the input takes part in the graph");
-    (g, value.detach().without_autodiff())
+    (g, value.detach().without_autodiff(), aux)
 }
 
 /// The gradient of the goal's objective (−log F_y untargeted, log F_t targeted, on the
@@ -325,7 +579,6 @@ pub fn with_restarts(
     restarts: usize,
     mut attempt: impl FnMut() -> Tensor<4>,
 ) -> AttackOutput {
-    let n = original.dims()[0];
     let mut best: Option<AttackOutput> = None;
     for _ in 0..restarts.max(1) {
         let out = AttackOutput::judge(model, goal, original, attempt());
@@ -333,14 +586,10 @@ pub fn with_restarts(
             None => out,
             Some(prev) => {
                 let keep: Vec<bool> = prev.success.clone();
-                let mask = Tensor::<1, Bool>::from_data(
-                    TensorData::new(keep.clone(), [n]),
-                    &original.device(),
-                )
-                .reshape([n, 1, 1, 1])
-                .expand(original.shape());
                 AttackOutput {
-                    adversarial: out.adversarial.mask_where(mask, prev.adversarial),
+                    adversarial: out
+                        .adversarial
+                        .mask_where(example_mask(&keep, original), prev.adversarial),
                     success: keep
                         .iter()
                         .zip(&out.success)
@@ -359,6 +608,14 @@ pub fn with_restarts(
         }
     }
     best.expect("at least one attempt")
+}
+
+/// A per-example flag broadcast to the shape of `like` `[batch, C, H, W]`, for `mask_where`.
+pub fn example_mask(flags: &[bool], like: &Tensor<4>) -> Tensor<4, Bool> {
+    let n = flags.len();
+    Tensor::<1, Bool>::from_data(TensorData::new(flags.to_vec(), [n]), &like.device())
+        .reshape([n, 1, 1, 1])
+        .expand(like.shape())
 }
 
 /// Reads a boolean tensor into a vector.
@@ -418,6 +675,39 @@ pub(crate) mod tests {
             assert!((0.0..=1.0).contains(a), "pixel {a} left [0, 1]");
             assert!(((a - x).abs() as f64) <= eps + 1e-6, "|{a} - {x}| > {eps}");
         }
+    }
+
+    #[test]
+    fn specs_label_their_main_parameter_and_reject_bad_values_one_by_one() {
+        assert_eq!(
+            AttackSpec::main(AttackKind::Mim, 0.1).parameter_label(),
+            "ε = 0.1"
+        );
+        assert_eq!(
+            AttackSpec::main(AttackKind::Jsma, 0.3).parameter_label(),
+            "γ = 0.3"
+        );
+        assert_eq!(
+            AttackSpec::main(AttackKind::Cw, 1.0).parameter_label(),
+            "c = 1"
+        );
+        assert_eq!(
+            AttackSpec::new(AttackKind::Ead, 0.0).parameter_label(),
+            "c = 5"
+        );
+        let bad = |spec: AttackSpec| spec.validate().unwrap_err().to_string();
+        let jsma = AttackSpec::main(AttackKind::Jsma, 0.0);
+        assert_eq!(bad(jsma), "--gamma must lie in (0, 1], got 0");
+        let cw = AttackSpec {
+            kappa: Some(-1.0),
+            ..AttackSpec::main(AttackKind::Cw, 1.0)
+        };
+        assert_eq!(bad(cw), "--kappa must be a finite number >= 0, got -1");
+        let ead = AttackSpec {
+            binary_search_steps: Some(0),
+            ..AttackSpec::main(AttackKind::Ead, 5.0)
+        };
+        assert_eq!(bad(ead), "--binary-search-steps must be at least 1");
     }
 
     #[test]

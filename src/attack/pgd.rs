@@ -8,7 +8,6 @@
 //! (or the last iterate of the last restart when none does).
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 
 use super::{Attack, AttackOutput, Classifier, Goal, LinfBudget, input_gradient, with_restarts};
 
@@ -51,12 +50,7 @@ impl Pgd {
     fn run_once(&self, model: &dyn Classifier, x0: &Tensor<4>, goal: &Goal) -> Tensor<4> {
         let budget = LinfBudget { eps: self.eps };
         let mut x = if self.random_start {
-            let noise = Tensor::<4>::random(
-                x0.shape(),
-                Distribution::Uniform(-self.eps, self.eps),
-                &x0.device(),
-            );
-            budget.project(x0.clone() + noise, x0)
+            budget.random_point(x0)
         } else {
             x0.clone()
         };

@@ -62,8 +62,11 @@ pub struct RobustResult {
     pub attack: String,
     /// Full description with every parameter.
     pub description: String,
-    /// Perturbation budget ε.
+    /// Perturbation budget ε (0 for JSMA, C&W and EAD, which have none).
     pub eps: f64,
+    /// Table 2's "Para." cell of the attack, e.g. `ε = 0.1`, `γ = 0.3`, `c = 1`.
+    #[serde(default)]
+    pub parameter: String,
     /// Whether the attack aimed at random target classes.
     pub targeted: bool,
     /// Number of attacked examples.
@@ -301,6 +304,7 @@ pub fn robust(
         attack: spec.kind.name().into(),
         description: set.description,
         eps: spec.eps,
+        parameter: spec.parameter_label(),
         targeted,
         examples: data.len(),
         accuracy: if targeted {
@@ -325,21 +329,21 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// One CSV row per measured number.
+    /// One CSV row per measured number; `parameter` is the attack's "Para." cell.
     pub fn to_csv(&self) -> String {
-        let mut s = String::from("label,metric,attack,eps,targeted,examples,value\n");
+        let mut s = String::from("label,metric,attack,eps,targeted,examples,value,parameter\n");
         for (k, e) in self.clean.member_error.iter().enumerate() {
             s.push_str(&format!(
-                "{},member_{k}_error,clean,0,false,{},{e:.6}\n",
+                "{},member_{k}_error,clean,0,false,{},{e:.6},\n",
                 self.label, self.clean.examples
             ));
         }
         s.push_str(&format!(
-            "{},ensemble_error,clean,0,false,{},{:.6}\n",
+            "{},ensemble_error,clean,0,false,{},{:.6},\n",
             self.label, self.clean.examples, self.clean.ensemble_error
         ));
         s.push_str(&format!(
-            "{},mean_log_det,clean,0,false,{},{:.6}\n",
+            "{},mean_log_det,clean,0,false,{},{:.6},\n",
             self.label, self.clean.examples, self.clean.mean_log_det
         ));
         s.push_str(&format!(
@@ -348,8 +352,8 @@ impl EvalReport {
         ));
         for r in &self.robust {
             s.push_str(&format!(
-                "{},accuracy,{},{},{},{},{:.6}\n",
-                self.label, r.attack, r.eps, r.targeted, r.examples, r.accuracy
+                "{},accuracy,{},{},{},{},{:.6},{}\n",
+                self.label, r.attack, r.eps, r.targeted, r.examples, r.accuracy, r.parameter
             ));
         }
         s

@@ -82,15 +82,19 @@ pub fn comparison_markdown(reports: &[EvalReport]) -> String {
     for row in &first.robust {
         let kind = if row.targeted { " (targeted)" } else { "" };
         s.push_str(&format!(
-            "| {}{kind} | ε = {} |",
+            "| {}{kind} | {} |",
             row.attack.to_uppercase(),
-            row.eps
+            row.parameter
         ));
         for r in reports {
             let cell = r
                 .robust
                 .iter()
-                .find(|x| x.attack == row.attack && x.eps == row.eps && x.targeted == row.targeted)
+                .find(|x| {
+                    x.attack == row.attack
+                        && x.parameter == row.parameter
+                        && x.targeted == row.targeted
+                })
                 .map(|x| pct(x.accuracy))
                 .unwrap_or("–".into());
             s.push_str(&format!(" {cell} |"));
@@ -115,16 +119,30 @@ mod tests {
                 mean_log_det: -3.25,
                 zero_gradient: 0.25,
             },
-            robust: vec![RobustResult {
-                attack: "pgd".into(),
-                description: "PGD".into(),
-                eps: 0.1,
-                targeted: false,
-                examples: 100,
-                accuracy: acc,
-                success_rate: 1.0 - acc,
-                seconds: 1.0,
-            }],
+            robust: vec![
+                RobustResult {
+                    attack: "pgd".into(),
+                    description: "PGD".into(),
+                    eps: 0.1,
+                    parameter: "ε = 0.1".into(),
+                    targeted: false,
+                    examples: 100,
+                    accuracy: acc,
+                    success_rate: 1.0 - acc,
+                    seconds: 1.0,
+                },
+                RobustResult {
+                    attack: "cw".into(),
+                    description: "CW-L2".into(),
+                    eps: 0.0,
+                    parameter: "c = 1".into(),
+                    targeted: false,
+                    examples: 100,
+                    accuracy: acc / 2.0,
+                    success_rate: 1.0 - acc / 2.0,
+                    seconds: 1.0,
+                },
+            ],
         }
     }
 
@@ -135,6 +153,7 @@ mod tests {
         assert!(md.contains("| Member 2 | | 2.0 | 2.0 |"), "{md}");
         assert!(md.contains("| Ensemble | | 0.5 | 0.5 |"), "{md}");
         assert!(md.contains("| PGD | ε = 0.1 | 50.0 | 80.0 |"), "{md}");
+        assert!(md.contains("| CW | c = 1 | 25.0 | 40.0 |"), "{md}");
         assert!(md.contains("| mean log ED | | -3.25 | -3.25 |"), "{md}");
         assert!(
             md.contains("| zero input gradient (%) | | 25.0 | 25.0 |"),
