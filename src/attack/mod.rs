@@ -6,6 +6,7 @@
 //! `[0, 1]` and inside the attack's ε-ball around the input.
 
 pub mod fgsm;
+pub mod objective;
 pub mod pgd;
 
 use burn::prelude::*;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Ensemble, EnsembleOutput};
 pub use fgsm::Fgsm;
+pub use objective::{Criterion, Objective, Probe};
 pub use pgd::Pgd;
 
 /// The attacks selectable by name on the command line.
@@ -40,7 +42,8 @@ impl AttackKind {
 }
 
 /// An attack and its parameters, as chosen on the command line or in a preset; unset
-/// parameters take the paper's defaults (10 steps of ε/10, one restart).
+/// parameters take the paper's defaults (10 steps of ε/10, one restart, cross-entropy on log F).
+/// Parameters an attack has no use for are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackSpec {
     /// Which attack.
@@ -53,6 +56,9 @@ pub struct AttackSpec {
     pub step_size: Option<f64>,
     /// Random restarts of PGD (default 1).
     pub restarts: Option<usize>,
+    /// What BIM and PGD ascend (default: cross-entropy on log F).
+    #[serde(default)]
+    pub objective: Option<Objective>,
 }
 
 impl AttackSpec {
@@ -64,6 +70,7 @@ impl AttackSpec {
             steps: None,
             step_size: None,
             restarts: None,
+            objective: None,
         }
     }
 
@@ -88,6 +95,7 @@ impl AttackSpec {
             step_size: self.step_size.unwrap_or(base.step_size),
             steps: self.steps.unwrap_or(base.steps),
             restarts: self.restarts.unwrap_or(base.restarts),
+            objective: self.objective.unwrap_or(base.objective),
             ..base
         };
         match self.kind {
@@ -298,16 +306,28 @@ pub fn gradient_of(
     x: &Tensor<4>,
     objective: impl Fn(&dyn Classifier, Tensor<4>) -> Tensor<1>,
 ) -> (Tensor<4>, Tensor<1>) {
+    let (g, value, ()) = gradient_with(model, x, |m, x| (objective(m, x), ()));
+    (g, value)
+}
+
+/// [`gradient_of`] for an objective that also returns a by-product of the same forward pass
+/// (e.g. the log-probabilities that judge success), handed back as computed, still on the
+/// autodiff device.
+pub fn gradient_with<T>(
+    model: &dyn Classifier,
+    x: &Tensor<4>,
+    objective: impl Fn(&dyn Classifier, Tensor<4>) -> (Tensor<1>, T),
+) -> (Tensor<4>, Tensor<1>, T) {
     let xg = x
         .clone()
         .detach()
         .without_autodiff()
         .autodiff()
         .require_grad();
-    let value = objective(model, xg.clone());
+    let (value, extra) = objective(model, xg.clone());
     let grads = value.clone().sum().backward();
     let g = xg.grad(&grads).expect("the input takes part in the graph");
-    (g, value.detach().without_autodiff())
+    (g, value.detach().without_autodiff(), extra)
 }
 
 /// The gradient of the goal's objective (−log F_y untargeted, log F_t targeted, on the
