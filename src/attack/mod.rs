@@ -5,6 +5,9 @@
 //! running statistics, no parameter gradients) and returns adversarial images that stay inside
 //! `[0, 1]` and inside the attack's ε-ball around the input.
 
+pub mod adaptive;
+pub mod apgd;
+pub mod cascade;
 pub mod fgsm;
 pub mod objective;
 pub mod pgd;
@@ -14,6 +17,9 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Ensemble, EnsembleOutput};
+pub use adaptive::Adaptive;
+pub use apgd::Apgd;
+pub use cascade::{Cascade, CascadeReport, Verdict};
 pub use fgsm::Fgsm;
 pub use objective::{Criterion, Objective, Probe};
 pub use pgd::Pgd;
@@ -28,6 +34,14 @@ pub enum AttackKind {
     Bim,
     /// Projected gradient descent from a random start.
     Pgd,
+    /// APGD (Croce & Hein, 2020) on the cross-entropy of log F.
+    ApgdCe,
+    /// APGD (Croce & Hein, 2020) on the DLR loss of log F.
+    ApgdDlr,
+    /// AutoAttack-style cascade: APGD-CE, then APGD-DLR on the examples still standing.
+    Autoattack,
+    /// Adaptive attack on ADP (Tramer et al., 2020, §7): restarted PGD-20 then PGD-200.
+    Adaptive,
 }
 
 impl AttackKind {
@@ -37,26 +51,33 @@ impl AttackKind {
             AttackKind::Fgsm => "fgsm",
             AttackKind::Bim => "bim",
             AttackKind::Pgd => "pgd",
+            AttackKind::ApgdCe => "apgd-ce",
+            AttackKind::ApgdDlr => "apgd-dlr",
+            AttackKind::Autoattack => "autoattack",
+            AttackKind::Adaptive => "adaptive",
         }
     }
 }
 
 /// An attack and its parameters, as chosen on the command line or in a preset; unset
-/// parameters take the paper's defaults (10 steps of ε/10, one restart, cross-entropy on log F).
-/// Parameters an attack has no use for are ignored.
+/// parameters take each attack's defaults: for BIM/PGD the paper's (10 steps of ε/10, one
+/// restart), for APGD and AutoAttack Croce & Hein's (100 iterations, one restart, no step size:
+/// APGD adapts its own), for the adaptive attack [`Adaptive::new`]'s (PGD-20 then PGD-200 with
+/// steps of ε/20, 5 restarts, log F). Parameters an attack has no use for are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackSpec {
     /// Which attack.
     pub kind: AttackKind,
     /// L∞ budget ε, in pixel units (pixels lie in `[0, 1]`).
     pub eps: f64,
-    /// Iterations of the iterative attacks (default 10).
+    /// Iterations of the iterative attacks (BIM/PGD 10, APGD 100; for the adaptive attack the
+    /// length of its last stage, see [`Adaptive::with_last_stage`]).
     pub steps: Option<usize>,
-    /// Step size of the iterative attacks (default ε/10).
+    /// Step size of BIM/PGD (default ε/10) and of the adaptive attack (default ε/20).
     pub step_size: Option<f64>,
-    /// Random restarts of PGD (default 1).
+    /// Random restarts of every iterative attack (default 1; adaptive 5).
     pub restarts: Option<usize>,
-    /// What BIM and PGD ascend (default: cross-entropy on log F).
+    /// What BIM, PGD and the adaptive attack ascend (default: cross-entropy on log F).
     #[serde(default)]
     pub objective: Option<Objective>,
 }
@@ -84,12 +105,15 @@ impl AttackSpec {
         if let Some(s) = self.step_size {
             anyhow::ensure!(s.is_finite() && s > 0.0, "--step-size must be > 0, got {s}");
         }
-        anyhow::ensure!(self.steps != Some(0), "--steps must be at least 1");
+        anyhow::ensure!(
+            self.steps != Some(0),
+            "--steps (--iterations) must be at least 1"
+        );
         anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
         Ok(())
     }
 
-    /// Builds the attack.
+    /// Builds the attack, filling unset parameters with the attack's defaults.
     pub fn build(&self) -> Box<dyn Attack> {
         let tuned = |base: Pgd| Pgd {
             step_size: self.step_size.unwrap_or(base.step_size),
@@ -98,10 +122,33 @@ impl AttackSpec {
             objective: self.objective.unwrap_or(base.objective),
             ..base
         };
+        let apgd = |objective| Apgd {
+            iterations: self.steps.unwrap_or(apgd::DEFAULT_ITERATIONS),
+            restarts: self.restarts.unwrap_or(1),
+            ..Apgd::new(self.eps, objective)
+        };
         match self.kind {
             AttackKind::Fgsm => Box::new(Fgsm { eps: self.eps }),
             AttackKind::Bim => Box::new(tuned(Pgd::bim(self.eps))),
             AttackKind::Pgd => Box::new(tuned(Pgd::paper(self.eps))),
+            AttackKind::ApgdCe => Box::new(apgd(Objective::LogMeanSoftmax)),
+            AttackKind::ApgdDlr => Box::new(apgd(Objective::Dlr)),
+            AttackKind::Autoattack => {
+                Box::new(Cascade::autoattack(apgd(Objective::LogMeanSoftmax)))
+            }
+            AttackKind::Adaptive => {
+                let base = Adaptive::new(self.eps);
+                let adaptive = Adaptive {
+                    step_size: self.step_size.unwrap_or(base.step_size),
+                    restarts: self.restarts.unwrap_or(base.restarts),
+                    objective: self.objective.unwrap_or(base.objective),
+                    ..base
+                };
+                Box::new(match self.steps {
+                    Some(n) => adaptive.with_last_stage(n),
+                    None => adaptive,
+                })
+            }
         }
     }
 }
@@ -178,6 +225,14 @@ impl Goal {
             .gather(1, labels.clone().reshape([n, 1]))
             .reshape([n])
             .mul_scalar(sign)
+    }
+
+    /// The goal of the examples at `indices` only.
+    pub fn select(&self, indices: Tensor<1, Int>) -> Goal {
+        match self {
+            Goal::Untargeted(y) => Goal::Untargeted(y.clone().select(0, indices)),
+            Goal::Targeted(t) => Goal::Targeted(t.clone().select(0, indices)),
+        }
     }
 
     /// Whether each prediction meets the goal.
