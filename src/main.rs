@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use adp::attack::{AttackKind, AttackSpec};
+use adp::attack::{AttackKind, AttackSpec, Objective};
 use adp::data::{DatasetKind, Split, fetch, load_idx_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{EvalReport, clean, robust};
@@ -139,15 +139,20 @@ struct EvalArgs {
     /// Budgets ε (pixel units) for the preceding --attack, comma-separated.
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
     eps: Vec<f64>,
-    /// Iterations of BIM/PGD (paper: 10).
-    #[arg(long)]
+    /// Iterations of the iterative attacks (BIM/PGD: 10 as in the paper; APGD and autoattack:
+    /// 100; adaptive: length of the last stage, 200).
+    #[arg(long, visible_alias = "iterations")]
     steps: Option<usize>,
-    /// Step size of BIM/PGD (paper: ε/10).
+    /// Step size of BIM/PGD (paper: ε/10) and adaptive (ε/20); APGD sets its own.
     #[arg(long)]
     step_size: Option<f64>,
-    /// Random restarts of PGD.
+    /// Random restarts of every iterative attack (adaptive: 5, others: 1).
     #[arg(long)]
     restarts: Option<usize>,
+    /// Loss ascended by BIM, PGD and adaptive (default: cross-entropy on the log of the mean
+    /// softmax; mean-logits: on the averaged logits; joint: sum of the members' losses).
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
     /// Attack random target classes instead of any wrong class.
     #[arg(long)]
     targeted: bool,
@@ -296,6 +301,7 @@ fn attack_specs(a: &EvalArgs, m: &ArgMatches) -> Result<Vec<AttackSpec>> {
             steps: a.steps,
             step_size: a.step_size,
             restarts: a.restarts,
+            objective: a.objective,
             ..AttackSpec::new(a.attack[owner], eps)
         });
     }
