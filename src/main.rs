@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use adp::attack::{AttackKind, AttackSpec, DecisionRule};
+use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
 use adp::data::{DatasetKind, Split, fetch, load_idx_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
@@ -176,15 +176,21 @@ struct EvalArgs {
 /// Parameters shared by every attack; unset ones take the paper's defaults.
 #[derive(clap::Args, Debug, Clone)]
 struct AttackParams {
-    /// Iterations of BIM/PGD/MIM (paper: 10).
-    #[arg(long)]
+    /// Iterations of the iterative attacks (BIM, PGD, MIM: 10 as in the paper; APGD and
+    /// autoattack: 100; C&W and EAD: 1000 per binary-search step; adaptive: length of the last
+    /// stage, 200).
+    #[arg(long, visible_alias = "iterations")]
     steps: Option<usize>,
-    /// Step size of BIM/PGD/MIM (paper: ε/10).
+    /// Step size of BIM, PGD, MIM (paper: ε/10) and adaptive (ε/20); APGD sets its own.
     #[arg(long)]
     step_size: Option<f64>,
-    /// Random restarts of PGD and MIM.
+    /// Random restarts of every iterative attack (adaptive: 5, others: 1).
     #[arg(long)]
     restarts: Option<usize>,
+    /// Loss ascended by BIM, PGD and adaptive (default: cross-entropy on the log of the mean
+    /// softmax; mean-logits: on the averaged logits; joint: sum of the members' losses; dlr).
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
     /// Momentum decay μ of MIM (paper: 1.0).
     #[arg(long, allow_negative_numbers = true)]
     decay: Option<f64>,
@@ -197,9 +203,6 @@ struct AttackParams {
     /// Learning rate of C&W and EAD (paper: 0.01).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    /// Iterations of C&W and EAD per binary-search step (paper: 1000).
-    #[arg(long)]
-    iterations: Option<usize>,
     /// Binary-search steps over c of C&W and EAD (default 1: c fixed, as in Table 2).
     #[arg(long)]
     binary_search_steps: Option<usize>,
@@ -222,7 +225,7 @@ impl AttackParams {
             theta: self.theta,
             kappa: self.kappa,
             lr: self.lr,
-            iterations: self.iterations,
+            objective: self.objective,
             binary_search_steps: self.binary_search_steps,
             beta: self.beta,
             decision_rule: self.decision_rule,

@@ -124,13 +124,10 @@ fn cw_finds_smaller_l2_and_ead_smaller_l1_than_pgd_on_the_examples_all_break() {
         .map(|wrong| !wrong)
         .collect();
     let pgd = spec(AttackKind::Pgd, 0.3, |_| {}).attack(&victim, x.clone(), y.clone());
-    let cw = spec(AttackKind::Cw, 10.0, |s| s.iterations = Some(100)).attack(
-        &victim,
-        x.clone(),
-        y.clone(),
-    );
+    let cw =
+        spec(AttackKind::Cw, 10.0, |s| s.steps = Some(100)).attack(&victim, x.clone(), y.clone());
     let ead = spec(AttackKind::Ead, 10.0, |s| {
-        s.iterations = Some(100);
+        s.steps = Some(100);
         s.lr = Some(0.1);
     })
     .attack(&victim, x.clone(), y.clone());
@@ -163,8 +160,7 @@ fn targeted_jsma_and_cw_reach_random_targets_more_often_than_chance() {
         batch.images.clone(),
         &goal,
     );
-    let cw =
-        spec(AttackKind::Cw, 10.0, |s| s.iterations = Some(100)).run(&victim, batch.images, &goal);
+    let cw = spec(AttackKind::Cw, 10.0, |s| s.steps = Some(100)).run(&victim, batch.images, &goal);
     eprintln!(
         "targeted success: JSMA {:.2}, C&W {:.2}",
         rate(&jsma),

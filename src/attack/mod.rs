@@ -7,12 +7,16 @@
 //! JSMA (L0), C&W-L2 and EAD (elastic net) have no fixed ball: they return their best successful
 //! example, or the clean image where they fail.
 
+pub mod adaptive;
+pub mod apgd;
+pub mod cascade;
 pub mod cw;
 pub mod ead;
 pub mod fgsm;
 pub mod jsma;
 pub mod margin;
 pub mod mim;
+pub mod objective;
 pub mod pgd;
 
 use burn::prelude::*;
@@ -20,12 +24,16 @@ use burn::tensor::{Distribution, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Ensemble, EnsembleOutput};
+pub use adaptive::Adaptive;
+pub use apgd::Apgd;
+pub use cascade::{Cascade, CascadeReport, Verdict};
 pub use cw::CwL2;
 pub use ead::{DecisionRule, Ead};
 pub use fgsm::Fgsm;
 pub use jsma::Jsma;
 pub use margin::OptimSettings;
 pub use mim::Mim;
+pub use objective::{Criterion, Objective, Probe};
 pub use pgd::Pgd;
 
 /// The attacks selectable by name on the command line.
@@ -46,6 +54,14 @@ pub enum AttackKind {
     Cw,
     /// Elastic-net attack (Chen et al., 2018).
     Ead,
+    /// APGD (Croce & Hein, 2020) on the cross-entropy of log F.
+    ApgdCe,
+    /// APGD (Croce & Hein, 2020) on the DLR loss of log F.
+    ApgdDlr,
+    /// AutoAttack-style cascade: APGD-CE, then APGD-DLR on the examples still standing.
+    Autoattack,
+    /// Adaptive attack on ADP (Tramer et al., 2020, §7): restarted PGD-20 then PGD-200.
+    Adaptive,
 }
 
 impl AttackKind {
@@ -59,6 +75,10 @@ impl AttackKind {
             AttackKind::Jsma => "jsma",
             AttackKind::Cw => "cw",
             AttackKind::Ead => "ead",
+            AttackKind::ApgdCe => "apgd-ce",
+            AttackKind::ApgdDlr => "apgd-dlr",
+            AttackKind::Autoattack => "autoattack",
+            AttackKind::Adaptive => "adaptive",
         }
     }
 
@@ -66,9 +86,14 @@ impl AttackKind {
     /// JSMA, c for C&W and EAD.
     pub fn main_parameter(self) -> MainParameter {
         match self {
-            AttackKind::Fgsm | AttackKind::Bim | AttackKind::Pgd | AttackKind::Mim => {
-                MainParameter::Eps
-            }
+            AttackKind::Fgsm
+            | AttackKind::Bim
+            | AttackKind::Pgd
+            | AttackKind::Mim
+            | AttackKind::ApgdCe
+            | AttackKind::ApgdDlr
+            | AttackKind::Autoattack
+            | AttackKind::Adaptive => MainParameter::Eps,
             AttackKind::Jsma => MainParameter::Gamma,
             AttackKind::Cw | AttackKind::Ead => MainParameter::C,
         }
@@ -107,10 +132,13 @@ impl MainParameter {
 }
 
 /// An attack and its parameters, as chosen on the command line or in a preset; unset
-/// parameters take the paper's defaults (Section 4.3 and Table 2): 10 steps of ε/10 for BIM, PGD
-/// and MIM with one restart and MIM's decay μ = 1; JSMA with θ = 0.2 and γ = 0.3; 1000 iterations
-/// of learning rate 0.01 with κ = 0.1 and one binary-search step for C&W (c = 1) and EAD (c = 5,
-/// β = 0.01, decision rule EN).
+/// parameters take each attack's defaults: the paper's (Section 4.3 and Table 2) for its attacks —
+/// 10 steps of ε/10 for BIM, PGD and MIM with one restart and MIM's decay μ = 1; JSMA with θ = 0.2
+/// and γ = 0.3; 1000 iterations of learning rate 0.01 with κ = 0.1 and one binary-search step for
+/// C&W (c = 1) and EAD (c = 5, β = 0.01, decision rule EN) — Croce & Hein's for APGD and
+/// AutoAttack (100 iterations, one restart, no step size: APGD adapts its own), and
+/// [`Adaptive::new`]'s for the adaptive attack (PGD-20 then PGD-200 with steps of ε/20, 5
+/// restarts, log F). Parameters an attack has no use for are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackSpec {
     /// Which attack.
@@ -118,11 +146,13 @@ pub struct AttackSpec {
     /// L∞ budget ε, in pixel units (pixels lie in `[0, 1]`), of FGSM, BIM, PGD and MIM. JSMA,
     /// C&W and EAD have no ε-ball and ignore it ([`AttackSpec::main`] sets it to 0 for them).
     pub eps: f64,
-    /// Iterations of BIM, PGD and MIM (default 10).
+    /// Iterations of the iterative attacks: BIM, PGD and MIM 10, APGD 100, C&W and EAD 1000 per
+    /// binary-search step; for the adaptive attack the length of its last stage, see
+    /// [`Adaptive::with_last_stage`].
     pub steps: Option<usize>,
     /// Step size of BIM, PGD and MIM (default ε/10).
     pub step_size: Option<f64>,
-    /// Random restarts of PGD and MIM (default 1).
+    /// Random restarts of every iterative attack (default 1; adaptive 5).
     pub restarts: Option<usize>,
     /// MIM's momentum decay μ (default 1.0).
     #[serde(default)]
@@ -142,9 +172,6 @@ pub struct AttackSpec {
     /// Learning rate of C&W (Adam) and EAD (FISTA) (default 0.01).
     #[serde(default)]
     pub lr: Option<f64>,
-    /// Iterations of C&W and EAD per binary-search step (default 1000).
-    #[serde(default)]
-    pub iterations: Option<usize>,
     /// Binary-search steps over c of C&W and EAD (default 1: c stays fixed, as in Table 2).
     #[serde(default)]
     pub binary_search_steps: Option<usize>,
@@ -154,6 +181,9 @@ pub struct AttackSpec {
     /// EAD's rule for choosing the best example (default EN).
     #[serde(default)]
     pub decision_rule: Option<DecisionRule>,
+    /// What BIM, PGD and the adaptive attack ascend (default: cross-entropy on log F).
+    #[serde(default)]
+    pub objective: Option<Objective>,
 }
 
 impl AttackSpec {
@@ -171,10 +201,10 @@ impl AttackSpec {
             c: None,
             kappa: None,
             lr: None,
-            iterations: None,
             binary_search_steps: None,
             beta: None,
             decision_rule: None,
+            objective: None,
         }
     }
 
@@ -245,7 +275,10 @@ impl AttackSpec {
             _ => Ok(()),
         };
         positive("step-size", self.step_size)?;
-        anyhow::ensure!(self.steps != Some(0), "--steps must be at least 1");
+        anyhow::ensure!(
+            self.steps != Some(0),
+            "--steps (--iterations) must be at least 1"
+        );
         anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
         non_negative("decay", self.decay)?;
         fraction("gamma", self.gamma)?;
@@ -254,10 +287,6 @@ impl AttackSpec {
         non_negative("kappa", self.kappa)?;
         positive("lr", self.lr)?;
         anyhow::ensure!(
-            self.iterations != Some(0),
-            "--iterations must be at least 1"
-        );
-        anyhow::ensure!(
             self.binary_search_steps != Some(0),
             "--binary-search-steps must be at least 1"
         );
@@ -265,12 +294,13 @@ impl AttackSpec {
         Ok(())
     }
 
-    /// Builds the attack.
+    /// Builds the attack, filling unset parameters with the attack's defaults.
     pub fn build(&self) -> Box<dyn Attack> {
         let tuned = |base: Pgd| Pgd {
             step_size: self.step_size.unwrap_or(base.step_size),
             steps: self.steps.unwrap_or(base.steps),
             restarts: self.restarts.unwrap_or(base.restarts),
+            objective: self.objective.unwrap_or(base.objective),
             ..base
         };
         let optim = || {
@@ -278,10 +308,15 @@ impl AttackSpec {
             OptimSettings {
                 kappa: self.kappa.unwrap_or(base.kappa),
                 lr: self.lr.unwrap_or(base.lr),
-                iterations: self.iterations.unwrap_or(base.iterations),
+                iterations: self.steps.unwrap_or(base.iterations),
                 binary_search_steps: self.binary_search_steps.unwrap_or(base.binary_search_steps),
                 ..base
             }
+        };
+        let apgd = |objective| Apgd {
+            iterations: self.steps.unwrap_or(apgd::DEFAULT_ITERATIONS),
+            restarts: self.restarts.unwrap_or(1),
+            ..Apgd::new(self.eps, objective)
         };
         match self.kind {
             AttackKind::Fgsm => Box::new(Fgsm { eps: self.eps }),
@@ -307,6 +342,24 @@ impl AttackSpec {
                 beta: self.beta.unwrap_or(Ead::PAPER_BETA),
                 decision_rule: self.decision_rule.unwrap_or_default(),
             }),
+            AttackKind::ApgdCe => Box::new(apgd(Objective::LogMeanSoftmax)),
+            AttackKind::ApgdDlr => Box::new(apgd(Objective::Dlr)),
+            AttackKind::Autoattack => {
+                Box::new(Cascade::autoattack(apgd(Objective::LogMeanSoftmax)))
+            }
+            AttackKind::Adaptive => {
+                let base = Adaptive::new(self.eps);
+                let adaptive = Adaptive {
+                    step_size: self.step_size.unwrap_or(base.step_size),
+                    restarts: self.restarts.unwrap_or(base.restarts),
+                    objective: self.objective.unwrap_or(base.objective),
+                    ..base
+                };
+                Box::new(match self.steps {
+                    Some(n) => adaptive.with_last_stage(n),
+                    None => adaptive,
+                })
+            }
         }
     }
 }
@@ -402,6 +455,14 @@ impl Goal {
         let is_label = labels.one_hot::<2>(l).equal_elem(1);
         let other = z.mask_fill(is_label, -1e9).max_dim(1).reshape([n]);
         (own - other).mul_scalar(sign)
+    }
+
+    /// The goal of the examples at `indices` only.
+    pub fn select(&self, indices: Tensor<1, Int>) -> Goal {
+        match self {
+            Goal::Untargeted(y) => Goal::Untargeted(y.clone().select(0, indices)),
+            Goal::Targeted(t) => Goal::Targeted(t.clone().select(0, indices)),
+        }
     }
 
     /// Whether each prediction meets the goal.
@@ -545,8 +606,9 @@ pub fn gradient_of(
     (g, value)
 }
 
-/// [`gradient_of`] for an objective that also returns by-products of its forward pass (e.g. the
-/// log-probabilities), handed back as they are: detach them before further use.
+/// [`gradient_of`] for an objective that also returns a by-product of the same forward pass
+/// (e.g. the log-probabilities that judge success), handed back as computed, still on the
+/// autodiff device.
 pub fn gradient_with<T>(
     model: &dyn Classifier,
     x: &Tensor<4>,
@@ -558,10 +620,10 @@ pub fn gradient_with<T>(
         .without_autodiff()
         .autodiff()
         .require_grad();
-    let (value, aux) = objective(model, xg.clone());
+    let (value, extra) = objective(model, xg.clone());
     let grads = value.clone().sum().backward();
     let g = xg.grad(&grads).expect("the input takes part in the graph");
-    (g, value.detach().without_autodiff(), aux)
+    (g, value.detach().without_autodiff(), extra)
 }
 
 /// The gradient of the goal's objective (−log F_y untargeted, log F_t targeted, on the

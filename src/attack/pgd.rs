@@ -3,13 +3,16 @@
 //!
 //! x⁰ = x + U(−ε, ε)ⁿ (random start) or x,  xᵗ⁺¹ = Π_{B∞(x, ε) ∩ [0,1]}(xᵗ + η·sign(∇ₓ J(xᵗ))).
 //!
-//! The paper's default is 10 steps of η = ε/10. With `restarts > 1` every restart begins from a
-//! fresh random point and an example keeps the first adversarial example that meets the goal
-//! (or the last iterate of the last restart when none does).
+//! The paper's default is 10 steps of η = ε/10 on J = cross-entropy of log F; J can be any
+//! [`Objective`] (the surrogates of Tramer et al., 2020, §7, or DLR). With `restarts > 1` every
+//! restart begins from a fresh random point and an example keeps the first adversarial example
+//! that meets the goal (or the last iterate of the last restart when none does).
 
 use burn::prelude::*;
 
-use super::{Attack, AttackOutput, Classifier, Goal, LinfBudget, input_gradient, with_restarts};
+use super::{
+    Attack, AttackOutput, Classifier, Criterion, Goal, LinfBudget, Objective, with_restarts,
+};
 
 /// Projected gradient descent (sign steps, L∞ ball).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +27,8 @@ pub struct Pgd {
     pub random_start: bool,
     /// Number of restarts (>= 1); only useful with a random start.
     pub restarts: usize,
+    /// The loss J that the steps ascend.
+    pub objective: Objective,
 }
 
 impl Pgd {
@@ -35,6 +40,7 @@ impl Pgd {
             steps: 10,
             random_start: true,
             restarts: 1,
+            objective: Objective::LogMeanSoftmax,
         }
     }
 
@@ -47,7 +53,7 @@ impl Pgd {
     }
 
     /// One restart: the final iterate.
-    fn run_once(&self, model: &dyn Classifier, x0: &Tensor<4>, goal: &Goal) -> Tensor<4> {
+    fn run_once(&self, model: &dyn Classifier, x0: &Tensor<4>, loss: &Criterion) -> Tensor<4> {
         let budget = LinfBudget { eps: self.eps };
         let mut x = if self.random_start {
             budget.random_point(x0)
@@ -55,7 +61,7 @@ impl Pgd {
             x0.clone()
         };
         for _ in 0..self.steps {
-            let g = input_gradient(model, &x, goal);
+            let g = loss.probe(model, &x).grad;
             x = budget.project(x + g.sign().mul_scalar(self.step_size), x0);
         }
         x
@@ -66,15 +72,20 @@ impl Attack for Pgd {
     fn name(&self) -> String {
         let kind = if self.random_start { "PGD" } else { "BIM" };
         format!(
-            "{kind}(eps={}, step={}, steps={}, restarts={})",
-            self.eps, self.step_size, self.steps, self.restarts
+            "{kind}(eps={}, step={}, steps={}, restarts={}, objective={})",
+            self.eps,
+            self.step_size,
+            self.steps,
+            self.restarts,
+            self.objective.name()
         )
     }
 
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
         let x0 = images.detach().without_autodiff();
+        let loss = Criterion::new(self.objective, model, &x0, goal);
         with_restarts(model, goal, &x0, self.restarts, || {
-            self.run_once(model, &x0, goal)
+            self.run_once(model, &x0, &loss)
         })
     }
 }

@@ -1,0 +1,269 @@
+//! The attacks beyond the paper (APGD, the AutoAttack-style cascade, the adaptive attack) on a
+//! small ADP ensemble trained here through the library on synthetic MNIST-shaped data: bounds,
+//! strength relative to PGD, targeted success, and the command line's errors. Iterations are
+//! kept small so that the file runs in seconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use adp::attack::{AttackKind, AttackSpec, Goal, Objective, Victim};
+use adp::data::synthetic::write_synthetic_mnist;
+use adp::data::{Batcher, Dataset, DatasetKind, Split, load_idx_dataset};
+use adp::eval::{RobustResult, robust};
+use adp::model::{Ensemble, ModelKind};
+use adp::train::{Method, TrainConfig, train};
+use burn::module::Module;
+use burn::prelude::*;
+
+/// Test examples attacked by every comparison.
+const EXAMPLES: usize = 50;
+/// Budget of the comparisons.
+const EPS: f64 = 0.15;
+
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// An ADP_{2,0.5} ensemble of 2 CNNs trained for 2 epochs on 600 synthetic images, once.
+fn trained() -> &'static (PathBuf, Ensemble, Dataset) {
+    static RUN: OnceLock<(PathBuf, Ensemble, Dataset)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let data = scratch().join("data");
+        write_synthetic_mnist(&data, 600, 200, 11).unwrap();
+        let config = TrainConfig {
+            data_dir: data.clone(),
+            model: ModelKind::Cnn,
+            members: 2,
+            epochs: 2,
+            lr_drops: Vec::new(),
+            seed: 1,
+            ..TrainConfig::paper_mnist(Method::Adp, 2.0, 0.5)
+        };
+        let run = scratch().join("run");
+        let (model, _) = train(&config, &run, false).unwrap();
+        let test = load_idx_dataset(&data, DatasetKind::Mnist, Split::Test)
+            .unwrap()
+            .take(EXAMPLES);
+        (run, model.valid(), test)
+    })
+}
+
+/// Robust accuracy (or targeted success) of `spec` on the shared test examples, one batch.
+fn evaluate(spec: &AttackSpec, targeted: bool) -> RobustResult {
+    let (_, model, test) = trained();
+    robust(model, test, spec, targeted, EXAMPLES, 0, &Device::default()).unwrap()
+}
+
+/// The paper's PGD-10 at [`EPS`], the baseline of two comparisons, run once.
+fn pgd_10() -> f64 {
+    static ACC: OnceLock<f64> = OnceLock::new();
+    *ACC.get_or_init(|| evaluate(&AttackSpec::new(AttackKind::Pgd, EPS), false).accuracy)
+}
+
+fn spec(kind: AttackKind, eps: f64, steps: usize) -> AttackSpec {
+    AttackSpec {
+        steps: Some(steps),
+        ..AttackSpec::new(kind, eps)
+    }
+}
+
+#[test]
+fn every_new_attack_and_objective_stays_in_budget() {
+    let (_, model, test) = trained();
+    let device = Device::default();
+    let victim = Victim::ensemble(model);
+    let batch = Batcher::sequential(test, 10).batch(0, &device);
+    let eps = 0.2;
+    let mut specs: Vec<AttackSpec> = [
+        AttackKind::ApgdCe,
+        AttackKind::ApgdDlr,
+        AttackKind::Autoattack,
+    ]
+    .into_iter()
+    .map(|k| spec(k, eps, 3))
+    .collect();
+    for objective in [
+        Objective::LogMeanSoftmax,
+        Objective::MeanLogits,
+        Objective::JointMembers,
+        Objective::Dlr,
+    ] {
+        specs.push(AttackSpec {
+            objective: Some(objective),
+            restarts: Some(1),
+            ..spec(AttackKind::Adaptive, eps, 3)
+        });
+    }
+    let x: Vec<f32> = batch
+        .images
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for s in specs {
+        s.validate().unwrap();
+        let attack = s.build();
+        for goal in [
+            Goal::Untargeted(batch.labels.clone()),
+            Goal::Targeted(adp::attack::random_targets(&batch.labels, 10, 1)),
+        ] {
+            let out = attack.run(&victim, batch.images.clone(), &goal);
+            assert_eq!(out.success.len(), 10);
+            let adv: Vec<f32> = out.adversarial.into_data().try_to_vec::<f32>().unwrap();
+            for (a, x) in adv.iter().zip(&x) {
+                assert!((0.0..=1.0).contains(a), "{}: pixel {a}", attack.name());
+                assert!(
+                    ((a - x).abs() as f64) <= eps + 1e-6,
+                    "{}: |{a} - {x}| > {eps}",
+                    attack.name()
+                );
+            }
+            assert!(out.norms.iter().all(|n| n.linf <= eps + 1e-6));
+        }
+    }
+}
+
+#[test]
+fn apgd_ce_is_at_least_as_strong_as_pgd() {
+    let apgd = evaluate(&spec(AttackKind::ApgdCe, EPS, 10), false);
+    eprintln!("PGD-10 {} vs APGD-CE-10 {}", pgd_10(), apgd.accuracy);
+    assert!(
+        apgd.accuracy <= pgd_10(),
+        "APGD-CE {} vs PGD {}",
+        apgd.accuracy,
+        pgd_10()
+    );
+}
+
+#[test]
+fn the_cascade_is_at_least_as_strong_as_each_of_its_parts() {
+    let ce = evaluate(&spec(AttackKind::ApgdCe, EPS, 5), false);
+    let dlr = evaluate(&spec(AttackKind::ApgdDlr, EPS, 5), false);
+    let both = evaluate(&spec(AttackKind::Autoattack, EPS, 5), false);
+    eprintln!(
+        "APGD-CE {} APGD-DLR {} cascade {}",
+        ce.accuracy, dlr.accuracy, both.accuracy
+    );
+    assert!(
+        both.accuracy <= ce.accuracy.min(dlr.accuracy),
+        "cascade {} vs APGD-CE {} and APGD-DLR {}",
+        both.accuracy,
+        ce.accuracy,
+        dlr.accuracy
+    );
+}
+
+#[test]
+fn the_adaptive_attack_is_at_least_as_strong_as_pgd_10() {
+    // PGD-20 then PGD-30 on the survivors, one restart each, steps of ε/20.
+    let adaptive = evaluate(
+        &AttackSpec {
+            restarts: Some(1),
+            ..spec(AttackKind::Adaptive, EPS, 30)
+        },
+        false,
+    );
+    eprintln!("PGD-10 {} vs adaptive {}", pgd_10(), adaptive.accuracy);
+    assert!(
+        adaptive.accuracy <= pgd_10(),
+        "adaptive {} vs PGD-10 {}",
+        adaptive.accuracy,
+        pgd_10()
+    );
+}
+
+#[test]
+fn targeted_apgd_reaches_its_target_more_often_than_chance() {
+    for kind in [AttackKind::ApgdCe, AttackKind::ApgdDlr] {
+        let r = evaluate(&spec(kind, 0.3, 10), true);
+        eprintln!("targeted {}: success {}", kind.name(), r.success_rate);
+        assert!(
+            r.success_rate > 1.0 / 9.0,
+            "targeted {}: success {}",
+            kind.name(),
+            r.success_rate
+        );
+    }
+}
+
+#[test]
+fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
+    let (run, _, _) = trained();
+    let run = run.to_str().unwrap();
+    let adp = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_adp"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = adp(&[
+        "eval",
+        run,
+        "--attack",
+        "autoattack",
+        "--eps",
+        "0.1",
+        "--attack",
+        "adaptive",
+        "--eps",
+        "0.1",
+        "--iterations",
+        "2",
+        "--restarts",
+        "1",
+        "--objective",
+        "joint",
+        "--limit",
+        "10",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("| AUTOATTACK | ε = 0.1 |") && stdout.contains("| ADAPTIVE | ε = 0.1 |"),
+        "{stdout}"
+    );
+
+    for (args, expected) in [
+        (
+            vec!["--attack", "apgd-ce", "--eps", "0.1", "--iterations", "0"],
+            "--steps (--iterations) must be at least 1",
+        ),
+        (
+            vec!["--attack", "adaptive", "--eps", "0.1", "--restarts", "0"],
+            "--restarts must be at least 1",
+        ),
+        (
+            vec![
+                "--attack",
+                "adaptive",
+                "--eps",
+                "0.1",
+                "--objective",
+                "nope",
+            ],
+            "invalid value 'nope' for '--objective",
+        ),
+        (
+            vec!["--attack", "apgd-dlr", "--eps", "1.5"],
+            "--eps must lie in [0, 1]",
+        ),
+    ] {
+        let mut full = vec!["eval", run];
+        full.extend(&args);
+        let o = adp(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+}
