@@ -8,7 +8,7 @@ use burn::module::Module;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
-use adp::data::{DatasetKind, Split, fetch, load_idx_dataset};
+use adp::data::{DatasetKind, Split, fetch, load_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
 use adp::loss::{AdpConfig, alpha_for_confidence};
@@ -122,6 +122,9 @@ struct TrainArgs {
     /// Train on the first N training images only.
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Random crops (4-pixel padding) and horizontal flips of the training images (CIFAR).
+    #[arg(long)]
+    augment: bool,
     /// Device (backend) to train on.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
@@ -416,6 +419,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         l2: a.l2,
         seed: a.seed,
         train_limit: a.train_limit,
+        augment: a.augment,
         device: a.device,
     };
     let out = a.out.expect("clap requires --out without --resume");
@@ -504,7 +508,7 @@ fn load_for_eval(
     let (_, model) = load_run(run, device)?;
     let config: TrainConfig = adp::io::read_toml(&run.join("config.toml"))?;
     let data_dir = data_dir.unwrap_or(config.data_dir.clone());
-    let mut test = load_idx_dataset(&data_dir, config.dataset, Split::Test)?;
+    let mut test = load_dataset(&data_dir, config.dataset, Split::Test)?;
     if let Some(n) = limit {
         ensure!(n >= 1, "--limit must be at least 1");
         test = test.take(n);

@@ -14,7 +14,7 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{AttackKind, AttackSpec};
-use crate::data::{DatasetKind, Split, fetch, load_idx_dataset};
+use crate::data::{DatasetKind, Split, fetch, load_dataset};
 use crate::device::DeviceKind;
 use crate::eval::{EvalReport, clean, robust};
 use crate::model::ModelKind;
@@ -174,11 +174,11 @@ pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>
     let device = config.train.device.device()?;
     // Data already in place (the real set, or the user's own files in its layout) is used as it
     // is; otherwise the data set is fetched and verified.
-    let test = match load_idx_dataset(&config.data_dir, config.dataset, Split::Test) {
+    let test = match load_dataset(&config.data_dir, config.dataset, Split::Test) {
         Ok(test) => test,
         Err(_) => {
             fetch::fetch(config.dataset, &config.data_dir)?;
-            load_idx_dataset(&config.data_dir, config.dataset, Split::Test)?
+            load_dataset(&config.data_dir, config.dataset, Split::Test)?
         }
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -417,6 +417,63 @@ fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
 }
 
 #[test]
+fn cifar_binary_layout_trains_resnet20_with_augmentation_and_evaluates() {
+    use adp::data::cifar::{CifarLabels, encode_records};
+    let dir = scratch().join("cifar");
+    let folder = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (i, name) in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let bytes = encode_records(
+            16,
+            CifarLabels::Ten,
+            |j| (j % 10) as u8,
+            |j, p| ((j * 31 + p * 7 + i) % 256) as u8,
+        );
+        std::fs::write(folder.join(name), bytes).unwrap();
+    }
+    let run = scratch().join("cifar-run");
+    let (d, r) = (dir.to_str().unwrap(), run.to_str().unwrap());
+    let o = adp(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--model",
+        "resnet20",
+        "--members",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--augment",
+        "--data-dir",
+        d,
+        "--out",
+        r,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model: toml::Value =
+        toml::from_str(&std::fs::read_to_string(run.join("model.toml")).unwrap()).unwrap();
+    assert_eq!(model["member"]["input_shape"].as_array().unwrap().len(), 3);
+    assert_eq!(model["member"]["input_shape"][0].as_integer(), Some(3));
+    let o = adp(&[
+        "eval", r, "--attack", "fgsm", "--eps", "0.03", "--limit", "16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| FGSM | ε = 0.03 |"));
+}
+
+#[test]
 fn bad_input_gives_one_clear_error_and_no_panic() {
     let data = data_dir();
     let d = data.to_str().unwrap();

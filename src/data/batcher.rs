@@ -23,6 +23,8 @@ pub struct Batcher<'a> {
     data: &'a Dataset,
     batch_size: usize,
     order: Vec<usize>,
+    /// Seed of the random crops and flips, when augmenting.
+    augment: Option<u64>,
 }
 
 impl<'a> Batcher<'a> {
@@ -32,6 +34,7 @@ impl<'a> Batcher<'a> {
             data,
             batch_size: batch_size.max(1),
             order: (0..data.len()).collect(),
+            augment: None,
         }
     }
 
@@ -46,7 +49,16 @@ impl<'a> Batcher<'a> {
             data,
             batch_size: batch_size.max(1),
             order,
+            augment: None,
         }
+    }
+
+    /// Augments every batch with random crops and flips ([`super::augment`]) drawn from
+    /// `(seed, epoch, batch index)`, so that each batch is reproducible on its own.
+    pub fn augmented(mut self, seed: u64, epoch: usize) -> Self {
+        self.augment =
+            Some(seed ^ 0xA5A5_5A5A ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        self
     }
 
     /// Number of batches (the last one may be smaller).
@@ -62,7 +74,10 @@ impl<'a> Batcher<'a> {
 
     /// Materialises batch `i` on `device`.
     pub fn batch(&self, i: usize, device: &Device) -> Batch {
-        gather(self.data, self.indices(i), device)
+        let mut rng = self
+            .augment
+            .map(|seed| rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(i as u64)));
+        gather(self.data, self.indices(i), rng.as_mut(), device)
     }
 
     /// Iterates over all batches in order.
@@ -71,13 +86,22 @@ impl<'a> Batcher<'a> {
     }
 }
 
-/// Builds a batch from the examples at `indices`.
-pub fn gather(data: &Dataset, indices: &[usize], device: &Device) -> Batch {
+/// Builds a batch from the examples at `indices`, augmenting each image when `augment` is given.
+pub fn gather(
+    data: &Dataset,
+    indices: &[usize],
+    mut augment: Option<&mut rand::rngs::StdRng>,
+    device: &Device,
+) -> Batch {
     let per = data.image_len();
     let mut pixels = Vec::with_capacity(indices.len() * per);
     let mut labels = Vec::with_capacity(indices.len());
     for &i in indices {
-        pixels.extend_from_slice(&data.images[i * per..(i + 1) * per]);
+        let image = &data.images[i * per..(i + 1) * per];
+        match augment.as_deref_mut() {
+            Some(rng) => super::augment::crop_and_flip(image, data.shape, rng, &mut pixels),
+            None => pixels.extend_from_slice(image),
+        }
         labels.push(data.labels[i] as i64);
     }
     let [c, h, w] = data.shape;
@@ -111,6 +135,19 @@ mod tests {
         assert_eq!(sorted, (0..103).collect::<Vec<_>>());
         assert_eq!(a.num_batches(), 11);
         assert_eq!(a.indices(10).len(), 3);
+    }
+
+    #[test]
+    fn augmented_batches_are_reproducible_and_differ_from_the_originals() {
+        let images: Vec<f32> = (0..8 * 3 * 8 * 8).map(|i| (i % 97) as f32 / 97.0).collect();
+        let ds = Dataset::new(images, (0..8).collect(), [3, 8, 8], 10).unwrap();
+        let device = Device::default();
+        let plain = Batcher::shuffled(&ds, 4, 1, 0);
+        let aug = Batcher::shuffled(&ds, 4, 1, 0).augmented(1, 0);
+        let px = |b: Batch| b.images.into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(px(aug.batch(1, &device)), px(aug.batch(1, &device)));
+        assert_ne!(px(aug.batch(1, &device)), px(plain.batch(1, &device)));
+        assert_eq!(aug.batch(1, &device).images.dims(), [4, 3, 8, 8]);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Pixels are kept in `[0, 1]` everywhere: any normalisation lives inside the model, so attack
 //! budgets (ε) and clipping are always in pixel space.
 
+pub mod augment;
 pub mod batcher;
+pub mod cifar;
 pub mod fetch;
 pub mod idx;
 pub mod synthetic;
@@ -23,6 +25,12 @@ pub enum DatasetKind {
     Mnist,
     /// Fashion-MNIST, 1x28x28, 10 classes, same IDX layout as MNIST.
     FashionMnist,
+    /// CIFAR-10, 3x32x32, 10 classes (official binary version).
+    Cifar10,
+    /// CIFAR-100 with its 100 fine labels (official binary version).
+    Cifar100,
+    /// CIFAR-100 with its 20 coarse labels.
+    Cifar100Coarse,
 }
 
 impl DatasetKind {
@@ -31,17 +39,43 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => "mnist",
             DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Cifar100Coarse => "cifar100-coarse",
         }
     }
 
-    /// Default directory under which `adp data fetch` stores this data set.
+    /// Default directory under which `adp data fetch` stores this data set (both CIFAR-100
+    /// label sets share one copy of the files).
     pub fn default_dir(self) -> PathBuf {
-        PathBuf::from("data").join(self.name())
+        let name = match self {
+            DatasetKind::Cifar100Coarse => DatasetKind::Cifar100.name(),
+            other => other.name(),
+        };
+        PathBuf::from("data").join(name)
+    }
+
+    /// The CIFAR label set, for the CIFAR data sets.
+    pub fn cifar(self) -> Option<cifar::CifarLabels> {
+        match self {
+            DatasetKind::Mnist | DatasetKind::FashionMnist => None,
+            DatasetKind::Cifar10 => Some(cifar::CifarLabels::Ten),
+            DatasetKind::Cifar100 => Some(cifar::CifarLabels::Fine),
+            DatasetKind::Cifar100Coarse => Some(cifar::CifarLabels::Coarse),
+        }
     }
 
     /// Number of classes L.
     pub fn num_classes(self) -> usize {
-        10
+        self.cifar().map_or(10, |c| c.num_classes())
+    }
+}
+
+/// Loads one split of any supported data set from `dir`, validating every file.
+pub fn load_dataset(dir: &Path, kind: DatasetKind, split: Split) -> Result<Dataset> {
+    match kind.cifar() {
+        None => load_idx_dataset(dir, kind, split),
+        Some(labels) => cifar::load_cifar(dir, labels, split, kind.name()),
     }
 }
 

@@ -24,7 +24,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batcher, Dataset, DatasetKind, Split, load_idx_dataset};
+use crate::data::{Batcher, Dataset, DatasetKind, Split, load_dataset};
 use crate::device::DeviceKind;
 use crate::loss::{AdpConfig, adp_loss};
 use crate::model::{Ensemble, MemberConfig, ModelKind};
@@ -95,6 +95,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on the first N training examples only (quick runs); `None` uses all.
     pub train_limit: Option<usize>,
+    /// Random crops (4-pixel padding) and horizontal flips of the training images, as the
+    /// official code does for CIFAR.
+    #[serde(default)]
+    pub augment: bool,
     /// Device to train on.
     pub device: DeviceKind,
 }
@@ -119,6 +123,7 @@ impl TrainConfig {
             l2: 1e-4,
             seed: 0,
             train_limit: None,
+            augment: false,
             device: DeviceKind::Cpu,
         }
     }
@@ -232,7 +237,7 @@ pub struct TrainState {
 
 /// Loads the training split of the configured data set.
 pub fn load_train_data(config: &TrainConfig) -> Result<Dataset> {
-    let data = load_idx_dataset(&config.data_dir, config.dataset, Split::Train)?;
+    let data = load_dataset(&config.data_dir, config.dataset, Split::Train)?;
     Ok(match config.train_limit {
         Some(n) => data.take(n),
         None => data,
@@ -476,7 +481,10 @@ fn run_epoch(
     run: &Path,
 ) -> Result<(Ensemble, EpochMetrics)> {
     let epoch = state.epoch;
-    let batcher = Batcher::shuffled(data, config.batch_size, config.seed, epoch);
+    let mut batcher = Batcher::shuffled(data, config.batch_size, config.seed, epoch);
+    if config.augment {
+        batcher = batcher.augmented(config.seed, epoch);
+    }
     let bar = crate::report::progress_bar(
         batcher.num_batches() as u64,
         &format!("{} epoch {}/{}", config.label(), epoch + 1, config.epochs),
