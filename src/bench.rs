@@ -13,7 +13,9 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 
-use crate::attack::{Goal, Victim, input_gradient};
+use std::cell::Cell;
+
+use crate::attack::{AttackKind, AttackSpec, Classifier, Goal, Victim, input_gradient};
 use crate::data::Batch;
 use crate::device::DeviceKind;
 use crate::loss::AdpConfig;
@@ -35,6 +37,35 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Device.
     pub device: DeviceKind,
+    /// Attacks whose throughput to measure (on the first K of `members` only).
+    #[serde(default)]
+    pub attacks: Vec<AttackKind>,
+    /// Iterations of every iterative attack in the attack rows (throughput per gradient
+    /// evaluation does not depend on it; the defaults, up to 1000, would take minutes).
+    #[serde(default = "default_attack_steps")]
+    pub attack_steps: usize,
+}
+
+fn default_attack_steps() -> usize {
+    20
+}
+
+/// A classifier that counts its forward passes, and among them those that take an input
+/// gradient, so that attacks can be compared per gradient evaluation.
+struct Counting<'a> {
+    inner: &'a dyn Classifier,
+    forwards: Cell<usize>,
+    gradients: Cell<usize>,
+}
+
+impl Classifier for Counting<'_> {
+    fn member_logits(&self, x: Tensor<4>) -> Tensor<3> {
+        self.forwards.set(self.forwards.get() + 1);
+        if x.is_autodiff() {
+            self.gradients.set(self.gradients.get() + 1);
+        }
+        self.inner.member_logits(x)
+    }
 }
 
 /// One measured row.
@@ -52,6 +83,9 @@ pub struct BenchRow {
     pub ms_per_batch: f64,
     /// Peak resident memory during the row, MiB (process-wide peak where it cannot be reset).
     pub peak_rss_mib: f64,
+    /// For attack rows: input-gradient evaluations of single images per second.
+    #[serde(default)]
+    pub gradients_per_s: Option<f64>,
 }
 
 /// The whole measurement, with the conditions it ran under.
@@ -144,6 +178,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
                     images_per_s: per_step as f64 / seconds,
                     ms_per_batch: 1e3 * seconds,
                     peak_rss_mib: peak_rss_mib(),
+                    gradients_per_s: None,
                 };
                 report_row(&row);
                 rows.push(row);
@@ -185,6 +220,37 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
                 let _ = input_gradient(&victim, &batch.images, &goal).into_data();
             });
             push("attack gradient", seconds, n);
+            if k != config.members[0] {
+                continue;
+            }
+            for &kind in &config.attacks {
+                reset_peak_rss();
+                let counting = Counting {
+                    inner: &victim,
+                    forwards: Cell::new(0),
+                    gradients: Cell::new(0),
+                };
+                let attack = AttackSpec {
+                    steps: Some(config.attack_steps),
+                    restarts: Some(1),
+                    ..AttackSpec::main(kind, 0.1)
+                }
+                .build();
+                let start = Instant::now();
+                attack.run(&counting, batch.images.clone(), &goal);
+                let seconds = start.elapsed().as_secs_f64();
+                let row = BenchRow {
+                    task: format!("attack {}", kind.name()),
+                    model,
+                    members: k,
+                    images_per_s: n as f64 / seconds,
+                    ms_per_batch: 1e3 * seconds,
+                    peak_rss_mib: peak_rss_mib(),
+                    gradients_per_s: Some((counting.gradients.get() * n) as f64 / seconds),
+                };
+                report_row(&row);
+                rows.push(row);
+            }
         }
     }
     Ok(BenchReport {
@@ -198,7 +264,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
 /// The report as a Markdown table, with the ADP/ECE cost ratio of each training pair.
 pub fn markdown(report: &BenchReport) -> String {
     let mut s = format!(
-        "Device: {}, {} hardware threads, batch {}, {} timed steps after {} warm-up\n\n| task | model | K | img/s | ms/batch | peak RSS MiB | ADP/ECE time |\n|---|---|---:|---:|---:|---:|---:|\n",
+        "Device: {}, {} hardware threads, batch {}, {} timed steps after {} warm-up\n\n| task | model | K | img/s | ms/batch | peak RSS MiB | ADP/ECE time | grad evals/s |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
         report.device,
         report.threads,
         report.config.batch_size,
@@ -216,9 +282,20 @@ pub fn markdown(report: &BenchReport) -> String {
             })
             .flatten()
             .unwrap_or_default();
+        let grads = r
+            .gradients_per_s
+            .map(|g| format!("{g:.1}"))
+            .unwrap_or_default();
         s.push_str(&format!(
-            "| {} | {:?} | {} | {:.1} | {:.1} | {:.0} | {} |\n",
-            r.task, r.model, r.members, r.images_per_s, r.ms_per_batch, r.peak_rss_mib, ratio
+            "| {} | {:?} | {} | {:.1} | {:.1} | {:.0} | {} | {} |\n",
+            r.task,
+            r.model,
+            r.members,
+            r.images_per_s,
+            r.ms_per_batch,
+            r.peak_rss_mib,
+            ratio,
+            grads
         ));
     }
     s
@@ -237,11 +314,21 @@ mod tests {
             warmup: 0,
             steps: 1,
             device: DeviceKind::Cpu,
+            attacks: vec![AttackKind::Fgsm, AttackKind::Pgd],
+            attack_steps: 3,
         };
         let mut seen = 0;
         let report = run(&config, |_| seen += 1).unwrap();
-        assert_eq!(report.rows.len(), 4);
-        assert_eq!(seen, 4);
+        assert_eq!(report.rows.len(), 6);
+        assert_eq!(seen, 6);
+        let pgd = report.rows.iter().find(|r| r.task == "attack pgd").unwrap();
+        let fgsm = report
+            .rows
+            .iter()
+            .find(|r| r.task == "attack fgsm")
+            .unwrap();
+        // FGSM takes one gradient, PGD three: gradient throughput is comparable, image throughput not.
+        assert!(pgd.gradients_per_s.unwrap() > 0.0 && fgsm.gradients_per_s.unwrap() > 0.0);
         assert!(
             report
                 .rows

@@ -293,6 +293,12 @@ struct BenchArgs {
     /// Timed steps per row.
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Attacks whose throughput to measure (on the first --members value).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [AttackKind::Fgsm, AttackKind::Pgd, AttackKind::Mim, AttackKind::Jsma, AttackKind::Cw, AttackKind::Ead, AttackKind::ApgdCe, AttackKind::ApgdDlr])]
+    attacks: Vec<AttackKind>,
+    /// Iterations of each iterative attack in the attack rows.
+    #[arg(long, default_value_t = 20)]
+    attack_steps: usize,
     /// Device (backend).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
@@ -354,6 +360,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 warmup: a.warmup,
                 steps: a.steps,
                 device: a.device,
+                attacks: a.attacks,
+                attack_steps: a.attack_steps,
             };
             let report = adp::bench::run(&config, |r| {
                 eprintln!(
