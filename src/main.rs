@@ -159,21 +159,8 @@ struct EvalArgs {
     /// Attack random target classes instead of any wrong class.
     #[arg(long)]
     targeted: bool,
-    /// Evaluate the first N test images only.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Batch size.
-    #[arg(long, default_value_t = 250)]
-    batch_size: usize,
-    /// Seed of random starts and targets.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Directory of the data set (default: the one the run was trained on).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Device (backend).
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceKind,
+    #[command(flatten)]
+    on: TestSet,
 }
 
 /// Parameters shared by every attack; unset ones take the paper's defaults.
@@ -259,7 +246,14 @@ struct AttackArgs {
     /// Where to save the adversarial examples (safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// Attack the first N test images only.
+    #[command(flatten)]
+    on: TestSet,
+}
+
+/// Which test images of a run, on which device, in what batches.
+#[derive(clap::Args, Debug)]
+struct TestSet {
+    /// Use the first N test images only.
     #[arg(long)]
     limit: Option<usize>,
     /// Batch size.
@@ -507,39 +501,39 @@ struct Loaded {
     test: adp::data::Dataset,
 }
 
-fn load_for_eval(
-    run: &Path,
-    data_dir: Option<PathBuf>,
-    limit: Option<usize>,
-    device: &burn::prelude::Device,
-) -> Result<Loaded> {
-    let (_, model) = load_run(run, device)?;
+fn load_for_eval(run: &Path, on: &TestSet) -> Result<(Loaded, burn::prelude::Device)> {
+    ensure!(on.batch_size >= 1, "--batch-size must be at least 1");
+    let device = on.device.device()?;
+    let (_, model) = load_run(run, &device)?;
     let config: TrainConfig = adp::io::read_toml(&run.join("config.toml"))?;
-    let data_dir = data_dir.unwrap_or(config.data_dir.clone());
+    let data_dir = on.data_dir.clone().unwrap_or(config.data_dir.clone());
     let mut test = load_dataset(&data_dir, config.dataset, Split::Test)?;
-    if let Some(n) = limit {
+    if let Some(n) = on.limit {
         ensure!(n >= 1, "--limit must be at least 1");
         test = test.take(n);
     }
-    Ok(Loaded {
+    let loaded = Loaded {
         model: model.valid(),
         config,
         test,
-    })
+    };
+    Ok((loaded, device))
 }
 
 fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
     let specs = attack_specs(&a, m)?;
-    ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
-    let device = a.device.device()?;
-    let Loaded {
-        model,
-        config,
-        test,
-    } = load_for_eval(&a.run, a.data_dir, a.limit, &device)?;
+    let (
+        Loaded {
+            model,
+            config,
+            test,
+        },
+        device,
+    ) = load_for_eval(&a.run, &a.on)?;
+    let on = &a.on;
     let mut report = EvalReport {
         label: config.label(),
-        clean: clean(&model, &test, a.batch_size, &device),
+        clean: clean(&model, &test, on.batch_size, &device),
         robust: Vec::new(),
     };
     for spec in &specs {
@@ -548,8 +542,8 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             &test,
             spec,
             a.targeted,
-            a.batch_size,
-            a.seed,
+            on.batch_size,
+            on.seed,
             &device,
         )?);
     }
@@ -565,17 +559,16 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
 fn run_attack(a: AttackArgs) -> Result<()> {
     let spec = a.params.spec(a.attack, a.eps);
     spec.validate()?;
-    ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
-    let device = a.device.device()?;
-    let Loaded { model, test, .. } = load_for_eval(&a.run, a.data_dir, a.limit, &device)?;
+    let (Loaded { model, test, .. }, device) = load_for_eval(&a.run, &a.on)?;
+    let on = &a.on;
     let set = attack_dataset(
         &model,
         &test,
         &spec,
         a.targeted,
         a.member,
-        a.batch_size,
-        a.seed,
+        on.batch_size,
+        on.seed,
         &device,
     )?;
     set.save(&a.out)?;

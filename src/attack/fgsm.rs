@@ -29,25 +29,13 @@ impl Attack for Fgsm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tests::{Linear, assert_in_budget, floats};
-    use burn::tensor::TensorData;
+    use crate::attack::tests::{assert_in_budget, floats, two_class_toy};
 
     #[test]
     fn matches_the_closed_form_on_a_linear_model() {
         // Two classes, four pixels: ∇ₓ(−log p_y) = (p − onehot(y))ᵀ W, so for y = 0 the sign is
         // sign(W_1 − W_0) wherever p_1 > 0.
-        let d = Device::default();
-        let w = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
-            &d,
-        );
-        let b = Tensor::<1>::zeros([2], &d);
-        let model = Linear { w, b };
-        let x = Tensor::<4>::from_data(
-            TensorData::new(vec![0.5f32, 0.5, 0.5, 0.95], [1, 1, 2, 2]),
-            &d,
-        );
-        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d);
+        let (model, x, y) = two_class_toy(1);
         let out = Fgsm { eps: 0.1 }.attack(&model, x.clone(), y);
         // W_1 − W_0 = (−2, 2, −0.5, 2) → signs (−, +, −, +); the last pixel is clipped at 1.
         let expected = [0.4f32, 0.6, 0.4, 1.0];

@@ -95,28 +95,8 @@ impl Attack for Mim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tests::{Linear, assert_in_budget, floats};
+    use crate::attack::tests::{assert_in_budget, floats, two_class_toy};
     use crate::attack::{Fgsm, Pgd};
-    use burn::tensor::TensorData;
-
-    fn toy(n: usize) -> (Linear, Tensor<4>, Tensor<1, Int>) {
-        let d = Device::default();
-        let w = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
-            &d,
-        );
-        let model = Linear {
-            w,
-            b: Tensor::zeros([2], &d),
-        };
-        let x = Tensor::<4>::from_data(
-            TensorData::new(vec![0.5f32, 0.5, 0.5, 0.95], [1, 1, 2, 2]),
-            &d,
-        )
-        .repeat_dim(0, n);
-        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d).repeat_dim(0, n);
-        (model, x, y)
-    }
 
     fn assert_close(a: Tensor<4>, b: Tensor<4>) {
         for (a, b) in floats(a).iter().zip(floats(b)) {
@@ -128,7 +108,7 @@ mod tests {
     fn on_a_linear_model_mim_steps_like_fgsm_and_ends_where_bim_ends() {
         // The gradient of a linear model has a constant sign, so the momentum has it too: one
         // MIM step is FGSM with ε = η, and ten steps end where BIM ends.
-        let (model, x, y) = toy(1);
+        let (model, x, y) = two_class_toy(1);
         let one = Mim {
             steps: 1,
             ..Mim::paper(0.2)
@@ -145,7 +125,7 @@ mod tests {
 
     #[test]
     fn random_restarts_stay_in_budget_untargeted_and_targeted() {
-        let (model, x, y) = toy(8);
+        let (model, x, y) = two_class_toy(8);
         let mim = Mim {
             restarts: 3,
             steps: 3,

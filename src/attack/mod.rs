@@ -726,6 +726,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// Two classes, four pixels (0.5, 0.5, 0.5, 0.95) of class 0, repeated `n` times: the model
+    /// on which FGSM, BIM, PGD and MIM have closed-form answers, since ∇ₓ(−log p_0) has the
+    /// constant sign of W_1 − W_0 = (−2, 2, −0.5, 2).
+    pub(crate) fn two_class_toy(n: usize) -> (Linear, Tensor<4>, Tensor<1, Int>) {
+        let d = Device::default();
+        let w = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
+            &d,
+        );
+        let model = Linear {
+            w,
+            b: Tensor::zeros([2], &d),
+        };
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![0.5f32, 0.5, 0.5, 0.95], [1, 1, 2, 2]),
+            &d,
+        )
+        .repeat_dim(0, n);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d).repeat_dim(0, n);
+        (model, x, y)
+    }
+
     pub(crate) fn floats(t: Tensor<4>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().unwrap()
     }

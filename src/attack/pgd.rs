@@ -93,32 +93,13 @@ impl Attack for Pgd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tests::{Linear, assert_in_budget, floats};
-    use burn::tensor::TensorData;
-
-    fn toy() -> (Linear, Tensor<4>, Tensor<1, Int>) {
-        let d = Device::default();
-        let w = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
-            &d,
-        );
-        let model = Linear {
-            w,
-            b: Tensor::zeros([2], &d),
-        };
-        let x = Tensor::<4>::from_data(
-            TensorData::new(vec![0.5f32, 0.5, 0.5, 0.95], [1, 1, 2, 2]),
-            &d,
-        );
-        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d);
-        (model, x, y)
-    }
+    use crate::attack::tests::{assert_in_budget, floats, two_class_toy};
 
     #[test]
     fn bim_on_a_linear_model_walks_to_the_corner_of_the_ball() {
         // The gradient sign of a linear model never changes, so BIM ends at x + ε·sign(W_1 − W_0),
         // clipped to [0, 1]: the same point as FGSM.
-        let (model, x, y) = toy();
+        let (model, x, y) = two_class_toy(1);
         let out = Pgd::bim(0.2).attack(&model, x.clone(), y);
         let expected = [0.3f32, 0.7, 0.3, 1.0];
         for (a, e) in floats(out.adversarial.clone()).iter().zip(expected) {
@@ -129,7 +110,7 @@ mod tests {
 
     #[test]
     fn random_start_with_restarts_stays_in_budget() {
-        let (model, x, y) = toy();
+        let (model, x, y) = two_class_toy(1);
         let x = x.repeat_dim(0, 16);
         let y = y.repeat_dim(0, 16);
         let pgd = Pgd {
