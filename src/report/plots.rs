@@ -18,6 +18,9 @@ use crate::eval::detect::DetectionReport;
 use crate::eval::ed_histogram::EdHistogram;
 use crate::eval::transfer::TransferReport;
 
+/// Family name the embedded font is registered under. Every text size is even: plotters' glyph
+/// placement truncates `size / 2 + top`, which for odd sizes lifts small glyphs such as `.` by a
+/// pixel relative to the others.
 const FONT: &str = "sans-serif";
 /// Colours of successive series (the "tab10" palette).
 const PALETTE: [RGBColor; 6] = [
@@ -102,7 +105,7 @@ impl Figure for TransferFigure<'_> {
                 let area = &rows[r * cols + c];
                 let k = m.values.len();
                 let mut chart = ChartBuilder::on(area)
-                    .caption(format!("{}: {}", report.label, m.title()), (FONT, 15))
+                    .caption(format!("{}: {}", report.label, m.title()), (FONT, 14))
                     .margin(8)
                     .x_label_area_size(38)
                     .y_label_area_size(44)
@@ -127,8 +130,8 @@ impl Figure for TransferFigure<'_> {
                     .y_label_formatter(&|v| member(v, true))
                     .x_desc(format!("fed to member j — {}", m.metric()))
                     .y_desc("crafted on member i")
-                    .label_style((FONT, 13))
-                    .axis_desc_style((FONT, 13))
+                    .label_style((FONT, 12))
+                    .axis_desc_style((FONT, 12))
                     .draw()
                     .map_err(err)?;
                 for (i, row) in m.values.iter().enumerate() {
@@ -197,7 +200,7 @@ impl Figure for RocFigure<'_> {
                 .configure_mesh()
                 .x_desc("false positive rate (clean flagged)")
                 .y_desc("true positive rate (adversarial flagged)")
-                .label_style((FONT, 13))
+                .label_style((FONT, 14))
                 .axis_desc_style((FONT, 14))
                 .draw()
                 .map_err(err)?;
@@ -279,7 +282,7 @@ impl Figure for EdHistogramFigure<'_> {
             .y_desc("number of test examples")
             .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
+            .axis_desc_style((FONT, 14))
             .draw()
             .map_err(err)?;
         for (h, (hist, counts)) in self.0.iter().zip(&bins.counts).enumerate() {
@@ -314,7 +317,7 @@ impl Figure for EdHistogramFigure<'_> {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 15))
+            .label_font((FONT, 16))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
