@@ -61,6 +61,14 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         .with_context(|| format!("{} is not a valid configuration", path.display()))
 }
 
+/// Reads a JSON file, naming the file in any error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} does not hold the expected results", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

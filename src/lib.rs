@@ -12,6 +12,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod experiments;
 pub mod io;
 pub mod loss;
 pub mod model;

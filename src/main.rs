@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
 use adp::data::{DatasetKind, Split, fetch, load_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
+use adp::experiments::{Figure, FigureConfig, rebuild, run_figure};
 use adp::loss::{AdpConfig, alpha_for_confidence};
 use adp::model::ModelKind;
 use adp::reproduce::{Preset, ReproduceConfig, reproduce};
@@ -39,8 +40,15 @@ enum Command {
     Eval(EvalArgs),
     /// Attack a trained run's test images and save the adversarial examples (safetensors).
     Attack(AttackArgs),
-    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist`.
+    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram`.
     Reproduce(ReproduceArgs),
+    /// Rebuild the tables and figures of `adp reproduce` output directories from their saved
+    /// JSON results, without training or attacking.
+    Report {
+        /// Output directories of `adp reproduce`.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Measure training, inference and attack throughput and peak memory; prints a table.
     Bench(BenchArgs),
     /// Solve Eq. 7 (Theorem 2) for α given K, L and the target confidence F_y.
@@ -301,17 +309,49 @@ struct BenchArgs {
     json: Option<PathBuf>,
 }
 
+/// The experiments `adp reproduce` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Experiment {
+    /// Tables 1-2: clean error and accuracy under attack of ECE, ADP_{2,0} and ADP_{2,0.5} on
+    /// `--dataset` (default MNIST).
+    Mnist,
+    /// Tables 1-2 on Fashion-MNIST (`mnist --dataset fashion-mnist`).
+    FashionMnist,
+    /// Fig. 3: transferability of PGD and MIM among the members (ECE vs ADP_{2,0.5}).
+    Transfer,
+    /// Fig. 4: ROC and AUC of ensemble diversity as an adversarial-example detector.
+    Detect,
+    /// Fig. 5 (App. B.3): histogram of the test set's log ensemble diversity per method.
+    EdHistogram,
+}
+
+impl Experiment {
+    /// The figure experiment, for those that are one.
+    fn figure(self) -> Option<Figure> {
+        match self {
+            Experiment::Mnist | Experiment::FashionMnist => None,
+            Experiment::Transfer => Some(Figure::Transfer),
+            Experiment::Detect => Some(Figure::Detect),
+            Experiment::EdHistogram => Some(Figure::EdHistogram),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct ReproduceArgs {
-    /// The experiment: `mnist` (Table 1-2 on MNIST) or `fashion-mnist`.
-    experiment: DatasetKind,
+    /// The experiment.
+    #[arg(value_enum)]
+    experiment: Experiment,
+    /// Data set the models are trained and tested on (MNIST layout: mnist or fashion-mnist).
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DatasetKind,
     /// Compute budget.
     #[arg(long, value_enum, default_value = "cpu")]
     preset: Preset,
     /// Output directory (default: runs/<experiment>-<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Directory of the data set (default: data/<experiment>); fetched when absent.
+    /// Directory of the data set (default: data/<dataset>); fetched when absent.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Device (backend).
@@ -369,17 +409,13 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             }
             Ok(())
         }
-        Command::Reproduce(args) => {
-            let out = args.out.unwrap_or_else(|| {
-                PathBuf::from("runs")
-                    .join(format!("{}-{:?}", args.experiment.name(), args.preset).to_lowercase())
-            });
-            let data_dir = args
-                .data_dir
-                .unwrap_or_else(|| args.experiment.default_dir());
-            let config =
-                ReproduceConfig::preset(args.preset, args.experiment, data_dir, args.device);
-            reproduce(&config, &out).map(|_| ())
+        Command::Reproduce(args) => run_reproduce(args),
+        Command::Report { dirs } => {
+            for dir in dirs {
+                let done = rebuild(&dir)?;
+                println!("{}: rebuilt {}", dir.display(), done.join(", "));
+            }
+            Ok(())
         }
         Command::Alpha {
             members,
@@ -387,6 +423,39 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             confidence,
         } => {
             println!("{:.6}", alpha_for_confidence(members, classes, confidence)?);
+            Ok(())
+        }
+    }
+}
+
+fn run_reproduce(args: ReproduceArgs) -> Result<()> {
+    let dataset = match args.experiment {
+        Experiment::FashionMnist => DatasetKind::FashionMnist,
+        _ => args.dataset,
+    };
+    ensure!(
+        dataset.cifar().is_none(),
+        "`adp reproduce` trains with the MNIST presets; --dataset must be mnist or fashion-mnist"
+    );
+    let experiment = args
+        .experiment
+        .to_possible_value()
+        .expect("no skipped variants")
+        .get_name()
+        .to_string();
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{experiment}-{:?}", args.preset).to_lowercase())
+    });
+    let data_dir = args.data_dir.unwrap_or_else(|| dataset.default_dir());
+    match args.experiment.figure() {
+        None => {
+            let config = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
+            reproduce(&config, &out).map(|_| ())
+        }
+        Some(figure) => {
+            let config = FigureConfig::preset(figure, args.preset, dataset, data_dir, args.device);
+            run_figure(&config, &out)?;
+            println!("written to {}", out.display());
             Ok(())
         }
     }

@@ -14,7 +14,7 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{AttackKind, AttackSpec};
-use crate::data::{DatasetKind, Split, fetch, load_dataset};
+use crate::data::{Dataset, DatasetKind, Split, fetch, load_dataset};
 use crate::device::DeviceKind;
 use crate::eval::{EvalReport, clean, robust};
 use crate::model::ModelKind;
@@ -157,7 +157,7 @@ fn run_name(config: &TrainConfig) -> String {
 }
 
 /// Trains a method (or reuses / resumes its run) and returns its run directory.
-fn train_or_reuse(config: &TrainConfig, out: &Path) -> Result<PathBuf> {
+pub fn train_or_reuse(config: &TrainConfig, out: &Path) -> Result<PathBuf> {
     let run = out.join(run_name(config));
     let config_path = run.join("config.toml");
     if config_path.exists() {
@@ -182,18 +182,22 @@ fn train_or_reuse(config: &TrainConfig, out: &Path) -> Result<PathBuf> {
     Ok(run)
 }
 
+/// The test set of `config`'s data set. Data already in place (the real set, or the user's own
+/// files in its layout) is used as it is; otherwise the data set is fetched and verified.
+pub fn load_or_fetch_test(config: &ReproduceConfig) -> Result<Dataset> {
+    match load_dataset(&config.data_dir, config.dataset, Split::Test) {
+        Ok(test) => Ok(test),
+        Err(_) => {
+            fetch::fetch(config.dataset, &config.data_dir)?;
+            load_dataset(&config.data_dir, config.dataset, Split::Test)
+        }
+    }
+}
+
 /// Runs the whole reproduction into `out` and returns one report per method.
 pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>> {
     let device = config.train.device.device()?;
-    // Data already in place (the real set, or the user's own files in its layout) is used as it
-    // is; otherwise the data set is fetched and verified.
-    let test = match load_dataset(&config.data_dir, config.dataset, Split::Test) {
-        Ok(test) => test,
-        Err(_) => {
-            fetch::fetch(config.dataset, &config.data_dir)?;
-            load_dataset(&config.data_dir, config.dataset, Split::Test)?
-        }
-    };
+    let test = load_or_fetch_test(config)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     crate::io::write_toml(&out.join("reproduce.toml"), config)?;
     let clean_set = test.take(config.clean_examples);
@@ -231,10 +235,16 @@ pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>
         report.save(&run)?;
         reports.push(report);
     }
-    let md = format!(
-        "# {} reproduction ({:?} preset)\n\n{} members of {:?}, {} epochs, {} training images; attacks on the first {} test images.\n\n{}",
-        config.dataset.name(),
-        config.preset,
+    crate::io::write_json(&out.join("report.json"), &reports)?;
+    let md = write_report(config, &reports, out)?;
+    println!("{md}");
+    Ok(reports)
+}
+
+/// One line on the compute a reproduction spent: members, epochs and training images.
+pub fn training_summary(config: &ReproduceConfig) -> String {
+    format!(
+        "{} members of {:?}, {} epochs, {} training images",
         config.train.members,
         config.train.model,
         config.train.epochs,
@@ -242,11 +252,39 @@ pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>
             .train
             .train_limit
             .map_or("all".into(), |n| n.to_string()),
-        attack_set.len(),
-        crate::report::comparison_markdown(&reports)
+    )
+}
+
+/// Writes `report.md` and `report.csv` (Tables 1-2 of every method) into `out` from the
+/// reproduction's results; `adp report` calls it again on the saved `report.json`.
+pub fn write_report(
+    config: &ReproduceConfig,
+    reports: &[EvalReport],
+    out: &Path,
+) -> Result<String> {
+    let attacked = reports
+        .first()
+        .and_then(|r| r.robust.first())
+        .map_or(0, |r| r.examples);
+    let md = format!(
+        "# {} reproduction ({:?} preset)\n\n{}; attacks on the first {attacked} test images.\n\n{}",
+        config.dataset.name(),
+        config.preset,
+        training_summary(config),
+        crate::report::comparison_markdown(reports)
     );
     crate::io::atomic_write(&out.join("report.md"), md.as_bytes())?;
-    crate::io::write_json(&out.join("report.json"), &reports)?;
-    println!("{md}");
-    Ok(reports)
+    let csv: String = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.to_csv()
+                .lines()
+                .skip(usize::from(i > 0))
+                .map(|l| format!("{l}\n"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    crate::io::atomic_write(&out.join("report.csv"), csv.as_bytes())?;
+    Ok(md)
 }

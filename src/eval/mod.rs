@@ -11,10 +11,16 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
+pub mod detect;
+pub mod diversity;
+pub mod ed_histogram;
+pub mod roc;
+pub mod transfer;
+
 use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, input_gradient, random_targets};
 use crate::data::{Batcher, Dataset};
-use crate::loss::log_ensemble_diversity;
 use crate::model::Ensemble;
+use diversity::{Removed, batch_log_ed};
 
 /// Mean cross-entropy of each member on a batch of logits `[B, K, L]`.
 pub fn member_cross_entropy(logits: Tensor<3>, labels: Tensor<1, Int>) -> Vec<f64> {
@@ -110,8 +116,7 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
             *w += n - count_correct(z, batch.labels.clone());
         }
         ens_wrong += n - count_correct(out.mean_probs(), batch.labels.clone());
-        log_det +=
-            floats(log_ensemble_diversity(out.member_probs(1.0), batch.labels, 1e-6).sum())[0];
+        log_det += floats(batch_log_ed(&out, batch.labels, Removed::TrueLabel).sum())[0];
     }
     let total = data.len() as f64;
     CleanResult {
@@ -150,6 +155,14 @@ impl AttackedSet {
     /// Fraction of `flags` that are set.
     pub fn rate(flags: &[bool]) -> f64 {
         flags.iter().filter(|f| **f).count() as f64 / flags.len().max(1) as f64
+    }
+
+    /// The adversarial images as a data set labelled with each attack's goal class: the target
+    /// of a targeted attack, the true label otherwise.
+    pub fn into_goal_dataset(self, num_classes: usize) -> Result<Dataset> {
+        let goal = self.targets.unwrap_or(self.labels);
+        let labels = goal.iter().map(|&l| l as u8).collect();
+        Dataset::new(self.adversarial, labels, self.shape, num_classes)
     }
 
     /// Saves the examples as safetensors: `adversarial` `[N, C, H, W]` f32, `labels` `[N]` i64,

@@ -1,6 +1,8 @@
 //! Human-readable output: progress bars for long work and Markdown tables laid out like the
 //! paper's Table 1 (clean error) and Table 2 (accuracy under attack).
 
+pub mod plots;
+
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::eval::EvalReport;

@@ -1,0 +1,173 @@
+//! The figure experiments (Fig. 3, Fig. 4, App. B.3): the transfer matrix's shape and diagonal on
+//! a small random ensemble, and `adp reproduce transfer|detect|ed-histogram --preset tiny` plus
+//! `adp report` end to end on the synthetic MNIST-layout data set.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use adp::attack::{AttackKind, AttackSpec};
+use adp::data::Dataset;
+use adp::data::synthetic::write_synthetic_mnist;
+use adp::eval::transfer::transfer_matrix;
+use adp::eval::{AttackedSet, attack_dataset};
+use adp::model::{MemberConfig, ModelKind};
+use adp::train::checkpoint::ModelSpec;
+use burn::module::Module;
+use burn::prelude::*;
+
+fn adp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adp"))
+        .args(args)
+        .output()
+        .expect("the adp binary runs")
+}
+
+#[test]
+fn transfer_matrix_is_k_by_k_with_the_white_box_results_on_its_diagonal() {
+    let device = Device::default();
+    device.seed(5);
+    let spec = ModelSpec {
+        members: 3,
+        member: MemberConfig {
+            kind: ModelKind::Cnn,
+            input_shape: [1, 8, 8],
+            num_classes: 3,
+            mean: vec![0.5],
+            std: vec![0.25],
+        },
+    };
+    let model = spec.init(&device).valid();
+    let n = 12;
+    let images = (0..n * 64)
+        .map(|i| ((i * 37) % 101) as f32 / 100.0)
+        .collect();
+    let labels = (0..n).map(|i| (i % 3) as u8).collect();
+    let data = Dataset::new(images, labels, [1, 8, 8], 3).unwrap();
+    let pgd = AttackSpec::new(AttackKind::Pgd, 0.3);
+    for targeted in [false, true] {
+        let m = transfer_matrix(&model, &data, &pgd, targeted, 5, 9, &device).unwrap();
+        assert_eq!(m.values.len(), 3);
+        assert!(m.values.iter().all(|row| row.len() == 3));
+        assert!(m.values.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
+        for i in 0..3 {
+            let white_box =
+                attack_dataset(&model, &data, &pgd, targeted, Some(i), 5, 9, &device).unwrap();
+            let success = AttackedSet::rate(&white_box.success);
+            let expected = if targeted { success } else { 1.0 - success };
+            assert!(
+                (m.values[i][i] - expected).abs() < 1e-12,
+                "member {i}, targeted {targeted}: {} vs white-box {expected}",
+                m.values[i][i]
+            );
+        }
+    }
+}
+
+/// Checks `path` is a PNG (magic bytes) of non-trivial size.
+fn assert_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        path.display()
+    );
+    assert!(bytes.len() > 10_000, "{} is nearly empty", path.display());
+}
+
+/// Runs one figure experiment with the tiny preset, checks its files and numbers, then deletes
+/// the tables and figures and has `adp report` rebuild them from the JSON.
+fn reproduce_tiny(figure: &str, extra_files: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_synthetic_mnist(&data, 300, 100, 7).unwrap();
+    let out = dir.path().join("out");
+    let o = adp(&[
+        "reproduce",
+        figure,
+        "--preset",
+        "tiny",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let drawn = ["md", "csv", "png", "svg"].map(|ext| out.join(format!("{figure}.{ext}")));
+    for path in drawn.iter().chain(&[out.join(format!("{figure}.json"))]) {
+        assert!(path.exists(), "{} missing", path.display());
+    }
+    for f in extra_files {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert_png(&drawn[2]);
+    let svg = std::fs::read_to_string(&drawn[3]).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(format!("{figure}.json"))).unwrap())
+            .unwrap();
+
+    for path in &drawn {
+        std::fs::remove_file(path).unwrap();
+    }
+    let o = adp(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(figure));
+    assert_png(&drawn[2]);
+    assert!(drawn.iter().all(|p| p.exists()));
+    json
+}
+
+fn finite(v: &serde_json::Value) -> f64 {
+    let x = v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"));
+    assert!(x.is_finite(), "{x}");
+    x
+}
+
+#[test]
+fn reproduce_transfer_tiny_writes_two_runs_of_four_matrices() {
+    let json = reproduce_tiny("transfer", &[]);
+    let runs = json.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "ECE and ADP_{{2,0.5}}");
+    for run in runs {
+        let matrices = run["matrices"].as_array().unwrap();
+        assert_eq!(matrices.len(), 4, "PGD and MIM, untargeted and targeted");
+        for m in matrices {
+            let rows = m["values"].as_array().unwrap();
+            assert_eq!(rows.len(), 3);
+            for row in rows {
+                assert_eq!(row.as_array().unwrap().len(), 3);
+                row.as_array().unwrap().iter().for_each(|v| {
+                    finite(v);
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn reproduce_detect_tiny_writes_roc_and_finite_auc_per_attack() {
+    let json = reproduce_tiny("detect", &["detect-roc.csv"]);
+    for run in json.as_array().unwrap() {
+        assert_eq!(run["clean_log_ed"].as_array().unwrap().len(), 16);
+        let attacks = run["attacks"].as_array().unwrap();
+        assert_eq!(attacks.len(), 4, "FGSM, BIM, PGD, MIM");
+        for a in attacks {
+            assert!((0.0..=1.0).contains(&finite(&a["auc"])));
+            a["log_ed"].as_array().unwrap().iter().for_each(|v| {
+                finite(v);
+            });
+        }
+    }
+}
+
+#[test]
+fn reproduce_ed_histogram_tiny_measures_three_methods() {
+    let json = reproduce_tiny("ed-histogram", &[]);
+    let hists = json.as_array().unwrap();
+    let labels: Vec<&str> = hists.iter().map(|h| h["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["ECE", "ADP_{2,0}", "ADP_{2,0.5}"]);
+    for h in hists {
+        finite(&h["median"]);
+        assert_eq!(h["log_ed"].as_array().unwrap().len(), 64);
+    }
+}
