@@ -50,19 +50,17 @@ fn default_attack_steps() -> usize {
     20
 }
 
-/// A classifier that counts its forward passes, and among them those that take an input
-/// gradient, so that attacks can be compared per gradient evaluation.
+/// A classifier that counts the images whose input gradient is taken, so that attacks (which may shrink their batch to the examples still standing) can be
+/// compared per gradient evaluation of one image.
 struct Counting<'a> {
     inner: &'a dyn Classifier,
-    forwards: Cell<usize>,
     gradients: Cell<usize>,
 }
 
 impl Classifier for Counting<'_> {
     fn member_logits(&self, x: Tensor<4>) -> Tensor<3> {
-        self.forwards.set(self.forwards.get() + 1);
         if x.is_autodiff() {
-            self.gradients.set(self.gradients.get() + 1);
+            self.gradients.set(self.gradients.get() + x.dims()[0]);
         }
         self.inner.member_logits(x)
     }
@@ -227,7 +225,6 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
                 reset_peak_rss();
                 let counting = Counting {
                     inner: &victim,
-                    forwards: Cell::new(0),
                     gradients: Cell::new(0),
                 };
                 let attack = AttackSpec {
@@ -246,7 +243,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
                     images_per_s: n as f64 / seconds,
                     ms_per_batch: 1e3 * seconds,
                     peak_rss_mib: peak_rss_mib(),
-                    gradients_per_s: Some((counting.gradients.get() * n) as f64 / seconds),
+                    gradients_per_s: Some(counting.gradients.get() as f64 / seconds),
                 };
                 report_row(&row);
                 rows.push(row);
