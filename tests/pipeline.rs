@@ -92,6 +92,15 @@ fn training_writes_a_complete_run_directory() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     assert!(run.join("checkpoint/epoch-0002/model.safetensors").exists());
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoint/epoch-0002/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["epoch"], 2);
+    assert_eq!(manifest["seed"], 3);
+    assert_eq!(manifest["backend"], "cpu");
+    assert_eq!(manifest["burn_version"], "0.22.1");
+    assert_eq!(manifest["config"]["members"], 2);
     let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
     assert_eq!(history.lines().count(), 3, "{history}");
     let o = adp(&["train", "--resume", run.to_str().unwrap()]);

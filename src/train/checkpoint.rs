@@ -5,7 +5,8 @@
 //! RUN_DIR/model.toml              what rebuilds the members before loading weights
 //! RUN_DIR/checkpoint/epoch-NNNN/  model.safetensors, model.bpk (the same weights with the
 //!                                 parameter ids the optimizer states refer to), optim-K.bpk,
-//!                                 state.json
+//!                                 state.json, manifest.json (epoch, seed, backend,
+//!                                 versions and the full configuration)
 //! RUN_DIR/latest.json             the newest complete checkpoint (written last, atomically)
 //! RUN_DIR/history.csv             one row of training metrics per epoch
 //! RUN_DIR/model.safetensors       the final weights

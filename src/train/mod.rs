@@ -30,6 +30,9 @@ use crate::loss::{AdpConfig, adp_loss};
 use crate::model::{Ensemble, MemberConfig, ModelKind};
 use checkpoint::{ModelSpec, checkpoint_dir, commit_checkpoint, latest, save_model};
 
+/// The burn release `adp` is built against (kept in step with Cargo.toml).
+pub const BURN_VERSION: &str = "0.22.1";
+
 /// The training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -343,7 +346,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             metrics.seconds
         );
         state.history.push(metrics);
-        save_checkpoint(run, &model, &optims, &state)?;
+        save_checkpoint(run, config, &model, &optims, &state)?;
         write_history(run, &state.history)?;
     }
     save_model(&model, &run.join("model.safetensors"))?;
@@ -557,8 +560,27 @@ fn run_epoch(
     ))
 }
 
+/// What produced a checkpoint: saved beside it as `manifest.json`, so that a checkpoint found on
+/// its own still says how to reproduce it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Finished epochs.
+    pub epoch: usize,
+    /// Seed of initialisation and batch order.
+    pub seed: u64,
+    /// The device (backend) the run trained on.
+    pub backend: DeviceKind,
+    /// Version of `adp`.
+    pub adp_version: String,
+    /// Version of burn it was built against.
+    pub burn_version: String,
+    /// The full training configuration.
+    pub config: TrainConfig,
+}
+
 fn save_checkpoint(
     run: &Path,
+    config: &TrainConfig,
     model: &Ensemble,
     optims: &[ModuleOptimizer],
     state: &TrainState,
@@ -579,6 +601,15 @@ fn save_checkpoint(
             .with_context(|| format!("cannot save the optimizer state of member {k}"))?;
     }
     crate::io::write_json(&tmp.join("state.json"), state)?;
+    let manifest = Manifest {
+        epoch: state.epoch,
+        seed: config.seed,
+        backend: config.device,
+        adp_version: env!("CARGO_PKG_VERSION").into(),
+        burn_version: BURN_VERSION.into(),
+        config: config.clone(),
+    };
+    crate::io::write_json(&tmp.join("manifest.json"), &manifest)?;
     commit_checkpoint(run, &tmp, state.epoch)
 }
 
@@ -607,4 +638,17 @@ fn write_history(run: &Path, history: &[EpochMetrics]) -> Result<()> {
         ));
     }
     crate::io::atomic_write(&run.join("history.csv"), csv.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_recorded_burn_version_is_the_one_in_cargo_lock() {
+        let lock = include_str!("../../Cargo.lock");
+        let entry = format!("name = \"burn\"\nversion = \"{}\"", super::BURN_VERSION);
+        assert!(
+            lock.contains(&entry),
+            "update BURN_VERSION to the burn version in Cargo.lock"
+        );
+    }
 }
