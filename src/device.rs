@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceKind {
-    /// burn's pure-Rust CPU backend (`flex`, default feature).
+    /// burn's pure-Rust CPU backend (`flex`, default feature; `ndarray` when built with
+    /// `--no-default-features --features ndarray`).
     #[default]
     Cpu,
     /// NVIDIA GPU through CUDA (cargo feature `cuda`).
@@ -22,6 +23,10 @@ impl DeviceKind {
         match self {
             #[cfg(feature = "flex")]
             DeviceKind::Cpu => Ok(Device::flex()),
+            // Kept to compare backends (`adp bench`); burn 0.22 deprecates ndarray for flex.
+            #[cfg(all(feature = "ndarray", not(feature = "flex")))]
+            #[allow(deprecated)]
+            DeviceKind::Cpu => Ok(Device::ndarray()),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => Ok(Device::cuda(0)),
             #[cfg(feature = "wgpu")]
