@@ -22,7 +22,7 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 
 use super::{
-    Attack, AttackOutput, Classifier, Criterion, Goal, LinfBudget, Objective, with_restarts,
+    Attack, AttackOutput, Classifier, Criterion, Goal, LinfBudget, Objective, restarted_ascent,
 };
 
 /// Iterations N by default (Croce & Hein, 2020, §3).
@@ -174,11 +174,14 @@ impl Attack for Apgd {
     }
 
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
-        let x0 = images.detach().without_autodiff();
-        let loss = Criterion::new(self.objective, model, &x0, goal);
-        with_restarts(model, goal, &x0, self.restarts, || {
-            self.run_once(model, &x0, &loss)
-        })
+        restarted_ascent(
+            model,
+            images,
+            goal,
+            self.objective,
+            self.restarts,
+            |x0, loss| self.run_once(model, x0, loss),
+        )
     }
 }
 

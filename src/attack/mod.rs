@@ -33,7 +33,7 @@ pub use fgsm::Fgsm;
 pub use jsma::Jsma;
 pub use margin::OptimSettings;
 pub use mim::Mim;
-pub use objective::{Criterion, Objective, Probe};
+pub use objective::{Criterion, Objective, Probe, restarted_ascent};
 pub use pgd::Pgd;
 
 /// The attacks selectable by name on the command line.

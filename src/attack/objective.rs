@@ -103,6 +103,22 @@ pub struct Criterion {
     source: Option<Tensor<1, Int>>,
 }
 
+/// Binds `objective` to `goal` on the clean batch `images` and runs `attempt` (one restart of an
+/// ascent from the clean images) `restarts` times, keeping each example's first success: the
+/// shared body of the objective-driven attacks (PGD, BIM, APGD).
+pub fn restarted_ascent(
+    model: &dyn Classifier,
+    images: Tensor<4>,
+    goal: &Goal,
+    objective: Objective,
+    restarts: usize,
+    attempt: impl Fn(&Tensor<4>, &Criterion) -> Tensor<4>,
+) -> super::AttackOutput {
+    let x0 = images.detach().without_autodiff();
+    let loss = Criterion::new(objective, model, &x0, goal);
+    super::with_restarts(model, goal, &x0, restarts, || attempt(&x0, &loss))
+}
+
 /// One evaluation of a [`Criterion`] at a point.
 #[derive(Debug, Clone)]
 pub struct Probe {

@@ -11,7 +11,7 @@
 use burn::prelude::*;
 
 use super::{
-    Attack, AttackOutput, Classifier, Criterion, Goal, LinfBudget, Objective, with_restarts,
+    Attack, AttackOutput, Classifier, Criterion, Goal, LinfBudget, Objective, restarted_ascent,
 };
 
 /// Projected gradient descent (sign steps, L∞ ball).
@@ -82,11 +82,14 @@ impl Attack for Pgd {
     }
 
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
-        let x0 = images.detach().without_autodiff();
-        let loss = Criterion::new(self.objective, model, &x0, goal);
-        with_restarts(model, goal, &x0, self.restarts, || {
-            self.run_once(model, &x0, &loss)
-        })
+        restarted_ascent(
+            model,
+            images,
+            goal,
+            self.objective,
+            self.restarts,
+            |x0, loss| self.run_once(model, x0, loss),
+        )
     }
 }
 
