@@ -121,7 +121,9 @@ impl DetectionReport {
             rule.push_str("---:|---:|");
         }
         s.push_str(&format!("\n{rule}\n"));
-        if let Some(first) = reports.first() {
+        // One row per attack of the first run; `cell` renders a run's entry (or its absence).
+        let attack_rows = |s: &mut String, cell: &dyn Fn(Option<&AttackDetection>) -> String| {
+            let Some(first) = reports.first() else { return };
             for (i, a) in first.attacks.iter().enumerate() {
                 s.push_str(&format!(
                     "| {} | {} |",
@@ -129,16 +131,15 @@ impl DetectionReport {
                     a.parameter
                 ));
                 for r in reports {
-                    match r.attacks.get(i) {
-                        Some(x) => {
-                            s.push_str(&format!(" {:.3} | {:.1} |", x.auc, 100.0 * x.success_rate))
-                        }
-                        None => s.push_str(" – | – |"),
-                    }
+                    s.push_str(&cell(r.attacks.get(i)));
                 }
                 s.push('\n');
             }
-        }
+        };
+        attack_rows(&mut s, &|x| match x {
+            Some(x) => format!(" {:.3} | {:.1} |", x.auc, 100.0 * x.success_rate),
+            None => " – | – |".into(),
+        });
         s.push_str("\nMedian log ED (predicted class removed)\n\n| Examples | |");
         for r in reports {
             s.push_str(&format!(" {} |", r.label));
@@ -151,23 +152,10 @@ impl DetectionReport {
             s.push_str(&format!(" {:.2} |", r.clean_median_log_ed));
         }
         s.push('\n');
-        if let Some(first) = reports.first() {
-            for (i, a) in first.attacks.iter().enumerate() {
-                s.push_str(&format!(
-                    "| {} | {} |",
-                    a.attack.to_uppercase(),
-                    a.parameter
-                ));
-                for r in reports {
-                    let cell = r
-                        .attacks
-                        .get(i)
-                        .map_or("–".into(), |x| format!("{:.2}", x.median_log_ed));
-                    s.push_str(&format!(" {cell} |"));
-                }
-                s.push('\n');
-            }
-        }
+        attack_rows(&mut s, &|x| {
+            let cell = x.map_or("–".into(), |x| format!("{:.2}", x.median_log_ed));
+            format!(" {cell} |")
+        });
         s
     }
 }
