@@ -4,7 +4,9 @@
 //! - [`ensemble_entropy`]: H(F) of the mean prediction F = (1/K) Σ_k F^k (Eq. 1, 5);
 //! - [`log_ensemble_diversity`]: log ED = log det(M̃ᵀ M̃ + ridge·I), where the columns of M̃ are
 //!   the members' predictions without the true label, L2-normalised (Eq. 3-4);
-//! - [`adp_loss`]: L_ECE − α·H(F) − β·log ED (Eq. 5, Algorithm 1), averaged over the batch.
+//! - [`adp_loss`]: L_ECE − α·H(F) − β·log ED (Eq. 5, Algorithm 1), averaged over the batch;
+//! - [`jensen_shannon_diversity`]: JSD(F) = H(F) − (1/K) Σ_k H(F^k) (App. B.1, Eq. 9), the
+//!   alternative diversity that [`Diversity::Jsd`] puts in place of log ED for the ablation.
 //!
 //! The constants default to the official code's: 1e-20 inside the entropy's log and a 1e-6
 //! ridge on the Gram matrix. With a temperature T ≠ 1 (App. B.2) every prediction in the
@@ -31,6 +33,23 @@ pub struct AdpConfig {
     /// Ridge added to the Gram matrix before the log-determinant (official code: 1e-6).
     #[serde(default = "det_offset")]
     pub det_offset: f64,
+    /// The diversity term β multiplies: log ED (Eq. 3-5, the paper's method) or the
+    /// Jensen-Shannon divergence of the members (App. B.1, the ablation).
+    #[serde(default)]
+    pub diversity: Diversity,
+}
+
+/// Which ensemble diversity the regulariser promotes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Diversity {
+    /// log ED = log det(M̃ᵀM̃ + ridge·I) of the non-true-label predictions (Eq. 3-4).
+    #[default]
+    LogDet,
+    /// JSD(F) = H(F) − (1/K) Σ_k H(F^k) over the full predictions (App. B.1, Eq. 9). The
+    /// paper shows (Theorem* 1) that L_ECE − λ·JSD has no minimiser in (0, 1)^{L×K}, which is
+    /// why it uses log ED instead; this option reproduces that ablation.
+    Jsd,
 }
 
 fn one() -> f64 {
@@ -52,6 +71,7 @@ impl AdpConfig {
             temperature: 1.0,
             log_offset: log_offset(),
             det_offset: det_offset(),
+            diversity: Diversity::LogDet,
         }
     }
 
@@ -170,10 +190,24 @@ pub fn log_ensemble_diversity(probs: Tensor<3>, labels: Tensor<1, Int>, ridge: f
     log_det_spd(diversity_gram(probs, labels) + eye.expand([b, k, k]))
 }
 
+/// Per-example Jensen-Shannon divergence of the members' predictions, JSD(F) = H(F) −
+/// (1/K) Σ_k H(F^k) (App. B.1, Eq. 9), from probabilities `[B, K, L]`, with `log_offset` inside
+/// every logarithm as in [`ensemble_entropy`]; returns `[B]`. It is 0 when all members agree
+/// and at most log K.
+pub fn jensen_shannon_diversity(probs: Tensor<3>, log_offset: f64) -> Tensor<1> {
+    let [b, k, _] = probs.dims();
+    let member_entropy = (probs.clone() * probs.clone().add_scalar(log_offset).log())
+        .sum_dim(2)
+        .neg()
+        .reshape([b, k]);
+    ensemble_entropy(probs, log_offset) - member_entropy.mean_dim(1).reshape([b])
+}
+
 /// The batch means of each part of the objective.
 #[derive(Debug, Clone)]
 pub struct AdpLoss {
-    /// L_ECE − α·H − β·log ED, averaged over the batch (what is minimised).
+    /// L_ECE − α·H − β·D, averaged over the batch (what is minimised), with D = log ED or, for
+    /// [`Diversity::Jsd`], JSD(F).
     pub total: Tensor<1>,
     /// Mean L_ECE.
     pub ece: Tensor<1>,
@@ -185,17 +219,23 @@ pub struct AdpLoss {
 
 /// The ADP objective of Algorithm 1, L_ECE − ADP_{α,β} averaged over the batch.
 /// With α = β = 0 this is the ECE baseline; entropy and log ED are still reported.
+/// With [`Diversity::Jsd`] the β term is JSD(F) instead of log ED (App. B.1: with α = 0 this is
+/// Eq. 10, L_ECE − λ·JSD with λ = β); log ED is still reported.
 pub fn adp_loss(logits: Tensor<3>, labels: Tensor<1, Int>, config: &AdpConfig) -> AdpLoss {
     let ece = ensemble_cross_entropy(logits.clone(), labels.clone(), config.temperature).mean();
     let probs = burn::tensor::activation::softmax(logits.div_scalar(config.temperature), 2);
     let entropy = ensemble_entropy(probs.clone(), config.log_offset).mean();
-    let log_det = log_ensemble_diversity(probs, labels, config.det_offset).mean();
+    let log_det = log_ensemble_diversity(probs.clone(), labels, config.det_offset).mean();
     let mut total = ece.clone();
     if config.alpha != 0.0 {
         total = total - entropy.clone().mul_scalar(config.alpha);
     }
     if config.beta != 0.0 {
-        total = total - log_det.clone().mul_scalar(config.beta);
+        let diversity = match config.diversity {
+            Diversity::LogDet => log_det.clone(),
+            Diversity::Jsd => jensen_shannon_diversity(probs, config.log_offset).mean(),
+        };
+        total = total - diversity.mul_scalar(config.beta);
     }
     AdpLoss {
         total,
@@ -416,6 +456,70 @@ mod tests {
             [2, 3, 5],
             11,
         );
+    }
+
+    #[test]
+    fn jsd_matches_hand_computation_and_its_bounds() {
+        // K = 2, L = 2: members (1, 0) and (0, 1) disagree completely: JSD = log 2.
+        let p = t3(vec![1.0, 0.0, 0.0, 1.0, 0.3, 0.7, 0.3, 0.7], [2, 2, 2]);
+        let j = vec1(jensen_shannon_diversity(p, 1e-20));
+        assert!(close(j[0] as f64, 2f64.ln(), 1e-6), "{}", j[0]);
+        // Identical members: JSD = 0.
+        assert!(j[1].abs() < 1e-6, "{}", j[1]);
+        // K = 2, L = 3, by hand: H(mean) − mean of H(member).
+        let (a, b) = ([0.6f64, 0.3, 0.1], [0.2f64, 0.5, 0.3]);
+        let h = |p: &[f64]| -p.iter().map(|x| x * x.ln()).sum::<f64>();
+        let m: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+        let expected = h(&m) - (h(&a) + h(&b)) / 2.0;
+        let p = t3(vec![0.6, 0.3, 0.1, 0.2, 0.5, 0.3], [1, 2, 3]);
+        let got = vec1(jensen_shannon_diversity(p, 1e-20))[0] as f64;
+        assert!(close(got, expected, 1e-5), "{got} vs {expected}");
+    }
+
+    #[test]
+    fn jsd_objective_gradient_matches_finite_differences() {
+        let config = AdpConfig {
+            diversity: Diversity::Jsd,
+            temperature: 1.5,
+            ..AdpConfig::new(2.0, 0.5)
+        };
+        for (k, seed) in [(2usize, 21u64), (3, 22), (5, 23)] {
+            check_gradient(
+                |z| {
+                    let y = Tensor::from_data(TensorData::new(vec![0i64, 3, 1], [3]), &z.device());
+                    adp_loss(z, y, &config).total
+                },
+                [3, k, 4],
+                seed,
+            );
+        }
+        // The JSD term alone (α = 0: Eq. 10 of App. B.1 up to L_ECE).
+        check_gradient(
+            |z| jensen_shannon_diversity(burn::tensor::activation::softmax(z, 2), 1e-20).sum(),
+            [2, 4, 6],
+            24,
+        );
+    }
+
+    #[test]
+    fn jsd_and_log_det_objectives_differ_only_in_the_diversity_term() {
+        let z = t3(
+            (0..24).map(|i| ((i * 7) % 5) as f32 * 0.4).collect(),
+            [2, 3, 4],
+        );
+        let y = labels(vec![1, 2]);
+        let base = AdpConfig::new(2.0, 0.5);
+        let jsd = AdpConfig {
+            diversity: Diversity::Jsd,
+            ..base.clone()
+        };
+        let a = adp_loss(z.clone(), y.clone(), &base);
+        let b = adp_loss(z.clone(), y, &jsd);
+        let probs = burn::tensor::activation::softmax(z, 2);
+        let j = vec1(jensen_shannon_diversity(probs, 1e-20).mean())[0] as f64;
+        let (ta, tb) = (vec1(a.total)[0] as f64, vec1(b.total)[0] as f64);
+        let ld = vec1(a.log_det)[0] as f64;
+        assert!(close(tb - ta, 0.5 * (ld - j), 1e-4), "{ta} {tb} {ld} {j}");
     }
 
     #[test]
