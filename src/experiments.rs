@@ -254,8 +254,9 @@ impl FigureResults {
 }
 
 /// `adp report DIR`: rewrites the tables and figures of every experiment whose results `dir`
-/// holds (`transfer.json`, `detect.json`, `ed-histogram.json`, and the Table 1-2 comparison's
-/// `report.json`), without training or attacking; returns the names of the rebuilt experiments.
+/// holds (`transfer.json`, `detect.json`, `ed-histogram.json`, `table1.json` … `table5.json`,
+/// and the Table 1-2 comparison's `report.json`), without training or attacking; returns the
+/// names of the rebuilt experiments.
 pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
     let mut done = Vec::new();
     for figure in Figure::ALL {
@@ -267,6 +268,7 @@ pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
         FigureResults::load_json(dir, figure)?.write(&config, dir)?;
         done.push(name);
     }
+    done.extend(crate::tables::rebuild(dir)?);
     if dir.join("report.json").exists() {
         let config: ReproduceConfig = crate::io::read_toml(&dir.join("reproduce.toml"))?;
         let reports: Vec<crate::eval::EvalReport> = crate::io::read_json(&dir.join("report.json"))?;
@@ -275,7 +277,7 @@ pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
     }
     if done.is_empty() {
         bail!(
-            "{} holds no results of `adp reproduce` (transfer.json, detect.json, ed-histogram.json or report.json)",
+            "{} holds no results of `adp reproduce` (transfer.json, detect.json, ed-histogram.json, tableN.json or report.json)",
             dir.display()
         );
     }

@@ -5,7 +5,7 @@
 //! `[0, 1]`, [`model`] builds the members and the ensemble (Eq. 1), [`loss`] implements Eq. 2-5
 //! and 7, [`train`] runs Algorithm 1, [`attack`] holds the adversaries, [`eval`] measures clean and
 //! robust accuracy, [`report`] renders tables and [`reproduce`] chains them into the paper's
-//! experiments.
+//! experiments ([`tables`]: Tables 1-5, [`experiments`]: the figures).
 
 pub mod attack;
 pub mod bench;
@@ -18,4 +18,5 @@ pub mod loss;
 pub mod model;
 pub mod report;
 pub mod reproduce;
+pub mod tables;
 pub mod train;

@@ -12,9 +12,11 @@ use adp::data::{DatasetKind, Split, fetch, load_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
 use adp::experiments::{Figure, FigureConfig, rebuild, run_figure};
-use adp::loss::{AdpConfig, alpha_for_confidence};
+use adp::loss::{AdpConfig, Diversity, alpha_for_confidence};
 use adp::model::ModelKind;
 use adp::reproduce::{Preset, ReproduceConfig, reproduce};
+use adp::tables::{Table, TableConfig, run_table};
+use adp::train::adversarial::{AdvAttack, AdvTrainConfig};
 use adp::train::checkpoint::load_run;
 use adp::train::{FreezeConfig, Method, TrainConfig, train};
 
@@ -40,7 +42,8 @@ enum Command {
     Eval(EvalArgs),
     /// Attack a trained run's test images and save the adversarial examples (safetensors).
     Attack(AttackArgs),
-    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram`.
+    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram`,
+    /// or one of its tables: `adp reproduce table1|table2|table3|table4|table5`.
     Reproduce(ReproduceArgs),
     /// Rebuild the tables and figures of `adp reproduce` output directories from their saved
     /// JSON results, without training or attacking.
@@ -91,6 +94,10 @@ struct TrainArgs {
     /// Training temperature T (App. B.2).
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
+    /// Diversity term weighted by β: log-det (log ED, Eq. 3-5) or jsd (Jensen-Shannon
+    /// divergence of the members, the App. B.1 ablation).
+    #[arg(long, value_enum, default_value = "log-det")]
+    diversity: Diversity,
     /// Number of members K (>= 2).
     #[arg(long, default_value_t = 3)]
     members: usize,
@@ -133,6 +140,14 @@ struct TrainArgs {
     /// Random crops (4-pixel padding) and horizontal flips of the training images (CIFAR).
     #[arg(long)]
     augment: bool,
+    /// Adversarial training (Table 4): mix every mini-batch 1:1 with FGSM or PGD examples
+    /// crafted against the current ensemble.
+    #[arg(long, value_enum)]
+    adv_train: Option<AdvAttack>,
+    /// Range MIN,MAX of the budget ε drawn uniformly per mini-batch for --adv-train
+    /// (paper, CIFAR-10: 0.01,0.05).
+    #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.01, 0.05], allow_negative_numbers = true)]
+    adv_eps: Vec<f64>,
     /// Device (backend) to train on.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
@@ -323,6 +338,16 @@ enum Experiment {
     Detect,
     /// Fig. 5 (App. B.3): histogram of the test set's log ensemble diversity per method.
     EdHistogram,
+    /// Table 1: clean error of each member and the ensemble, ECE / ADP_{2,0} / ADP_{2,0.5}.
+    Table1,
+    /// Table 2: accuracy under the paper's attacks (MNIST, or --dataset cifar10).
+    Table2,
+    /// Table 3: BIM, PGD and MIM on CIFAR-100.
+    Table3,
+    /// Table 4: adversarial training (FGSM, PGD) with and without ADP_{2,0.5} (CIFAR-10).
+    Table4,
+    /// Table 5: ensembles of K = 5 members (CIFAR-10).
+    Table5,
 }
 
 impl Experiment {
@@ -333,6 +358,23 @@ impl Experiment {
             Experiment::Transfer => Some(Figure::Transfer),
             Experiment::Detect => Some(Figure::Detect),
             Experiment::EdHistogram => Some(Figure::EdHistogram),
+            Experiment::Table1
+            | Experiment::Table2
+            | Experiment::Table3
+            | Experiment::Table4
+            | Experiment::Table5 => None,
+        }
+    }
+
+    /// The table experiment, for those that are one.
+    fn table(self) -> Option<Table> {
+        match self {
+            Experiment::Table1 => Some(Table::Table1),
+            Experiment::Table2 => Some(Table::Table2),
+            Experiment::Table3 => Some(Table::Table3),
+            Experiment::Table4 => Some(Table::Table4),
+            Experiment::Table5 => Some(Table::Table5),
+            _ => None,
         }
     }
 }
@@ -342,13 +384,15 @@ struct ReproduceArgs {
     /// The experiment.
     #[arg(value_enum)]
     experiment: Experiment,
-    /// Data set the models are trained and tested on (MNIST layout: mnist or fashion-mnist).
-    #[arg(long, value_enum, default_value = "mnist")]
-    dataset: DatasetKind,
+    /// Data set the models are trained and tested on: mnist or fashion-mnist (default mnist); the
+    /// tables also take cifar10 and cifar100 (default: the paper's data set of the table).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
     /// Compute budget.
     #[arg(long, value_enum, default_value = "cpu")]
     preset: Preset,
-    /// Output directory (default: runs/<experiment>-<preset>).
+    /// Output directory (default: runs/<experiment>-<preset>; tables: runs/<dataset>-<preset>,
+    /// sharing the runs of `adp reproduce mnist`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Directory of the data set (default: data/<dataset>); fetched when absent.
@@ -429,13 +473,15 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
 }
 
 fn run_reproduce(args: ReproduceArgs) -> Result<()> {
-    let dataset = match args.experiment {
-        Experiment::FashionMnist => DatasetKind::FashionMnist,
-        _ => args.dataset,
+    let table = args.experiment.table();
+    let dataset = match (args.experiment, table) {
+        (Experiment::FashionMnist, _) => DatasetKind::FashionMnist,
+        (_, Some(t)) => args.dataset.unwrap_or(t.default_dataset()),
+        _ => args.dataset.unwrap_or(DatasetKind::Mnist),
     };
     ensure!(
-        dataset.cifar().is_none(),
-        "`adp reproduce` trains with the MNIST presets; --dataset must be mnist or fashion-mnist"
+        table.is_some() || dataset.cifar().is_none(),
+        "`adp reproduce` trains with the MNIST presets; --dataset must be mnist or fashion-mnist (only table1 … table5 take CIFAR)"
     );
     let experiment = args
         .experiment
@@ -443,10 +489,21 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         .expect("no skipped variants")
         .get_name()
         .to_string();
+    let stem = if table.is_some() {
+        dataset.name()
+    } else {
+        &experiment
+    };
     let out = args.out.unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("{experiment}-{:?}", args.preset).to_lowercase())
+        PathBuf::from("runs").join(format!("{stem}-{:?}", args.preset).to_lowercase())
     });
     let data_dir = args.data_dir.unwrap_or_else(|| dataset.default_dir());
+    if let Some(table) = table {
+        let config = TableConfig::preset(table, args.preset, dataset, data_dir, args.device)?;
+        run_table(&config, &out)?;
+        println!("written to {}", out.display());
+        return Ok(());
+    }
     match args.experiment.figure() {
         None => {
             let config = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
@@ -467,6 +524,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
             .with_context(|| format!("{} cannot be resumed", run.display()))?;
         return train(&config, &run, true).map(|_| ());
     }
+    ensure!(
+        a.adv_eps.len() == 2,
+        "--adv-eps takes two numbers MIN,MAX (paper: 0.01,0.05), got {}",
+        a.adv_eps.len()
+    );
     let config = TrainConfig {
         dataset: a.dataset,
         data_dir: a.data_dir.unwrap_or_else(|| a.dataset.default_dir()),
@@ -475,6 +537,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         method: a.method,
         adp: AdpConfig {
             temperature: a.temperature,
+            diversity: a.diversity,
             ..AdpConfig::new(a.alpha, a.beta)
         },
         epochs: a.epochs,
@@ -491,6 +554,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         train_limit: a.train_limit,
         augment: a.augment,
+        adv_train: a.adv_train.map(|attack| AdvTrainConfig {
+            attack,
+            eps_min: a.adv_eps[0],
+            eps_max: a.adv_eps[1],
+        }),
         device: a.device,
     };
     let out = a.out.expect("clap requires --out without --resume");

@@ -13,6 +13,7 @@
 //! freezing, which is what the paper's experiments do. Training ends when every epoch has run or
 //! every member is frozen. The test set is never looked at: the model of the last epoch is kept.
 
+pub mod adversarial;
 pub mod checkpoint;
 
 use std::path::{Path, PathBuf};
@@ -26,8 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Batcher, Dataset, DatasetKind, Split, load_dataset};
 use crate::device::DeviceKind;
-use crate::loss::{AdpConfig, adp_loss};
+use crate::loss::{AdpConfig, Diversity, adp_loss};
 use crate::model::{Ensemble, MemberConfig, ModelKind};
+use adversarial::{AdvTrainConfig, adversarial_batch};
 use checkpoint::{ModelSpec, checkpoint_dir, commit_checkpoint, latest, save_model};
 
 /// The burn release `adp` is built against (kept in step with Cargo.toml).
@@ -102,6 +104,11 @@ pub struct TrainConfig {
     /// official code does for CIFAR.
     #[serde(default)]
     pub augment: bool,
+    /// Adversarial training (Section 4.3, Table 4): each mini-batch is mixed 1:1 with
+    /// adversarial examples of its images crafted against the current ensemble; `None` trains on
+    /// clean images only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adv_train: Option<AdvTrainConfig>,
     /// Device to train on.
     pub device: DeviceKind,
 }
@@ -127,6 +134,7 @@ impl TrainConfig {
             seed: 0,
             train_limit: None,
             augment: false,
+            adv_train: None,
             device: DeviceKind::Cpu,
         }
     }
@@ -143,11 +151,22 @@ impl TrainConfig {
         }
     }
 
-    /// A short label such as `ECE` or `ADP_{2,0.5}`.
+    /// A short label such as `ECE`, `ADP_{2,0.5}`, `ADP-JSD_{0,0.5}` (App. B.1's diversity) or,
+    /// with adversarial training, Table 4's `AdvT_PGD` and `AdvT_PGD + ADP_{2,0.5}`.
     pub fn label(&self) -> String {
-        match self.method {
-            Method::Ece => "ECE".into(),
-            Method::Adp => format!("ADP_{{{},{}}}", self.adp.alpha, self.adp.beta),
+        let objective = match (self.method, self.adp.diversity) {
+            (Method::Ece, _) => "ECE".to_string(),
+            (Method::Adp, Diversity::LogDet) => {
+                format!("ADP_{{{},{}}}", self.adp.alpha, self.adp.beta)
+            }
+            (Method::Adp, Diversity::Jsd) => {
+                format!("ADP-JSD_{{{},{}}}", self.adp.alpha, self.adp.beta)
+            }
+        };
+        match (&self.adv_train, self.method) {
+            (None, _) => objective,
+            (Some(a), Method::Ece) => format!("AdvT_{}", a.attack.label()),
+            (Some(a), Method::Adp) => format!("AdvT_{} + {objective}", a.attack.label()),
         }
     }
 
@@ -188,6 +207,9 @@ impl TrainConfig {
             self.train_limit != Some(0),
             "--train-limit must be at least 1"
         );
+        if let Some(a) = &self.adv_train {
+            a.validate()?;
+        }
         self.adp.validate()
     }
 
@@ -497,7 +519,10 @@ fn run_epoch(
     let mut member_ce = vec![0f64; k];
     let mut seen = 0usize;
     for i in 0..batcher.num_batches() {
-        let batch = batcher.batch(i, device);
+        let mut batch = batcher.batch(i, device);
+        if let Some(adv) = &config.adv_train {
+            batch = adversarial_batch(&model, batch, adv, config.seed, epoch, i).0;
+        }
         let n = batch.labels.dims()[0];
         let lrs: Vec<f64> = (0..k).map(|j| config.lr_at(epoch, j)).collect();
         let step = train_step(
