@@ -40,7 +40,7 @@ enum Command {
     Eval(EvalArgs),
     /// Attack a trained run's test images and save the adversarial examples (safetensors).
     Attack(AttackArgs),
-    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram`.
+    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram|tsne`.
     Reproduce(ReproduceArgs),
     /// Rebuild the tables and figures of `adp reproduce` output directories from their saved
     /// JSON results, without training or attacking.
@@ -323,6 +323,8 @@ enum Experiment {
     Detect,
     /// Fig. 5 (App. B.3): histogram of the test set's log ensemble diversity per method.
     EdHistogram,
+    /// Fig. 2: t-SNE of each member's final hidden features (ECE vs ADP_{2,0.5}).
+    Tsne,
 }
 
 impl Experiment {
@@ -333,6 +335,7 @@ impl Experiment {
             Experiment::Transfer => Some(Figure::Transfer),
             Experiment::Detect => Some(Figure::Detect),
             Experiment::EdHistogram => Some(Figure::EdHistogram),
+            Experiment::Tsne => Some(Figure::Tsne),
         }
     }
 }
