@@ -5,7 +5,9 @@
 //! - `detect` (Section 4.5, Fig. 4): ROC curves and AUC of −log ED (predicted class removed) as a
 //!   detector of FGSM, BIM, PGD and MIM examples, for ECE and ADP_{2,0.5};
 //! - `ed-histogram` (App. B.3, Fig. 5): histograms and medians of the test set's log ED for ECE,
-//!   ADP_{2,0} and ADP_{2,0.5}.
+//!   ADP_{2,0} and ADP_{2,0.5};
+//! - `tsne` (Section 4.2, Fig. 2): t-SNE of each member's final hidden features on test images,
+//!   for ECE and ADP_{2,0.5}, with kNN statistics.
 //!
 //! The methods train (or are reused) through [`train_or_reuse`] with a [`Preset`]'s budget, so
 //! experiments sharing an output directory share their runs. Results go to `OUT/<name>.json` with
@@ -22,8 +24,12 @@ use crate::data::DatasetKind;
 use crate::device::DeviceKind;
 use crate::eval::detect::{DetectionReport, detect};
 use crate::eval::ed_histogram::{EdHistogram, ed_histogram};
+use crate::eval::feature_tsne::{TsneReport, feature_tsne};
 use crate::eval::transfer::{TransferReport, transfer_matrix};
-use crate::report::plots::{ED_BINS, EdHistogramFigure, RocFigure, TransferFigure, save};
+use crate::eval::tsne::TsneConfig;
+use crate::report::plots::{
+    ED_BINS, EdHistogramFigure, RocFigure, TransferFigure, TsneFigure, save,
+};
 use crate::reproduce::{
     Preset, ReproduceConfig, load_or_fetch_test, train_or_reuse, training_summary, write_report,
 };
@@ -39,11 +45,18 @@ pub enum Figure {
     Detect,
     /// Fig. 5 (App. B.3): histogram of the test set's log ensemble diversity.
     EdHistogram,
+    /// Fig. 2 (Section 4.2): t-SNE of each member's final hidden features.
+    Tsne,
 }
 
 impl Figure {
     /// All of them.
-    pub const ALL: [Figure; 3] = [Figure::Transfer, Figure::Detect, Figure::EdHistogram];
+    pub const ALL: [Figure; 4] = [
+        Figure::Transfer,
+        Figure::Detect,
+        Figure::EdHistogram,
+        Figure::Tsne,
+    ];
 
     /// Name on the command line and stem of the output files.
     pub fn name(self) -> &'static str {
@@ -51,6 +64,7 @@ impl Figure {
             Figure::Transfer => "transfer",
             Figure::Detect => "detect",
             Figure::EdHistogram => "ed-histogram",
+            Figure::Tsne => "tsne",
         }
     }
 }
@@ -64,8 +78,11 @@ pub struct FigureConfig {
     pub reproduce: ReproduceConfig,
     /// Test examples used (the first N of the test set).
     pub examples: usize,
-    /// The attacks (none for `ed-histogram`).
+    /// The attacks (none for `ed-histogram` and `tsne`).
     pub attacks: Vec<AttackSpec>,
+    /// The t-SNE settings (`tsne` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsne: Option<TsneConfig>,
 }
 
 impl FigureConfig {
@@ -97,7 +114,19 @@ impl FigureConfig {
                 ]),
             ),
             Figure::EdHistogram => (pick(64, 10_000, 10_000), Vec::new()),
+            // Fig. 2 embeds the whole test set.
+            Figure::Tsne => (pick(64, 1000, 10_000), Vec::new()),
         };
+        // 64 points leave too few neighbours for perplexity 30.
+        let tsne = (figure == Figure::Tsne).then(|| match preset {
+            Preset::Tiny => TsneConfig {
+                perplexity: 10.0,
+                epochs: 300,
+                exaggeration_epochs: 100,
+                ..TsneConfig::default()
+            },
+            Preset::Cpu | Preset::Paper => TsneConfig::default(),
+        });
         if figure != Figure::EdHistogram {
             reproduce.methods = vec![(0.0, 0.0), (2.0, 0.5)];
         }
@@ -106,6 +135,7 @@ impl FigureConfig {
             reproduce,
             examples,
             attacks,
+            tsne,
         }
     }
 }
@@ -119,6 +149,8 @@ pub enum FigureResults {
     Detect(Vec<DetectionReport>),
     /// Fig. 5.
     EdHistogram(Vec<EdHistogram>),
+    /// Fig. 2.
+    Tsne(Vec<TsneReport>),
 }
 
 /// Trains (or reuses) the methods of `config` into `out`, runs the experiment and writes its
@@ -130,6 +162,7 @@ pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<FigureResults> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     crate::io::write_toml(&out.join(format!("{}.toml", config.figure.name())), config)?;
     let (mut transfer, mut detection, mut hists) = (Vec::new(), Vec::new(), Vec::new());
+    let mut embeddings = Vec::new();
     for &(alpha, beta) in &rc.methods {
         let tc = rc.train_config(alpha, beta);
         let run = train_or_reuse(&tc, out)?;
@@ -164,12 +197,17 @@ pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<FigureResults> {
                 eprintln!("{label}: median log ED {:.3}", h.median);
                 hists.push(h);
             }
+            Figure::Tsne => {
+                let settings = config.tsne.clone().unwrap_or_default();
+                embeddings.push(feature_tsne(&model, &label, &test, &settings, bs, &device)?);
+            }
         }
     }
     let results = match config.figure {
         Figure::Transfer => FigureResults::Transfer(transfer),
         Figure::Detect => FigureResults::Detect(detection),
         Figure::EdHistogram => FigureResults::EdHistogram(hists),
+        Figure::Tsne => FigureResults::Tsne(embeddings),
     };
     results.save_json(out)?;
     let md = results.write(config, out)?;
@@ -184,6 +222,7 @@ impl FigureResults {
             FigureResults::Transfer(_) => Figure::Transfer,
             FigureResults::Detect(_) => Figure::Detect,
             FigureResults::EdHistogram(_) => Figure::EdHistogram,
+            FigureResults::Tsne(_) => Figure::Tsne,
         }
     }
 
@@ -194,6 +233,7 @@ impl FigureResults {
             FigureResults::Transfer(r) => crate::io::write_json(&path, r),
             FigureResults::Detect(r) => crate::io::write_json(&path, r),
             FigureResults::EdHistogram(r) => crate::io::write_json(&path, r),
+            FigureResults::Tsne(r) => crate::io::write_json(&path, r),
         }
     }
 
@@ -204,6 +244,7 @@ impl FigureResults {
             Figure::Transfer => FigureResults::Transfer(crate::io::read_json(&path)?),
             Figure::Detect => FigureResults::Detect(crate::io::read_json(&path)?),
             Figure::EdHistogram => FigureResults::EdHistogram(crate::io::read_json(&path)?),
+            Figure::Tsne => FigureResults::Tsne(crate::io::read_json(&path)?),
         })
     }
 
@@ -228,6 +269,10 @@ impl FigureResults {
             FigureResults::EdHistogram(r) => {
                 save(&EdHistogramFigure(r), &stem)?;
                 (EdHistogram::markdown(r), EdHistogram::to_csv(r, ED_BINS))
+            }
+            FigureResults::Tsne(r) => {
+                save(&TsneFigure(r), &stem)?;
+                (TsneReport::markdown(r), TsneReport::to_csv(r))
             }
         };
         let attacks: Vec<String> = config
@@ -254,9 +299,9 @@ impl FigureResults {
 }
 
 /// `adp report DIR`: rewrites the tables and figures of every experiment whose results `dir`
-/// holds (`transfer.json`, `detect.json`, `ed-histogram.json`, `table1.json` … `table5.json`,
-/// and the Table 1-2 comparison's `report.json`), without training or attacking; returns the
-/// names of the rebuilt experiments.
+/// holds (`transfer.json`, `detect.json`, `ed-histogram.json`, `tsne.json`, `table1.json` …
+/// `table5.json`, and the Table 1-2 comparison's `report.json`), without training or attacking;
+/// returns the names of the rebuilt experiments.
 pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
     let mut done = Vec::new();
     for figure in Figure::ALL {
@@ -277,7 +322,7 @@ pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
     }
     if done.is_empty() {
         bail!(
-            "{} holds no results of `adp reproduce` (transfer.json, detect.json, ed-histogram.json, tableN.json or report.json)",
+            "{} holds no results of `adp reproduce` (transfer.json, detect.json, ed-histogram.json, tsne.json, tableN.json or report.json)",
             dir.display()
         );
     }

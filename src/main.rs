@@ -42,7 +42,7 @@ enum Command {
     Eval(EvalArgs),
     /// Attack a trained run's test images and save the adversarial examples (safetensors).
     Attack(AttackArgs),
-    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram`,
+    /// Regenerate an experiment of the paper from scratch: `adp reproduce mnist|transfer|detect|ed-histogram|tsne`,
     /// or one of its tables: `adp reproduce table1|table2|table3|table4|table5`.
     Reproduce(ReproduceArgs),
     /// Rebuild the tables and figures of `adp reproduce` output directories from their saved
@@ -348,6 +348,8 @@ enum Experiment {
     Table4,
     /// Table 5: ensembles of K = 5 members (CIFAR-10).
     Table5,
+    /// Fig. 2: t-SNE of each member's final hidden features (ECE vs ADP_{2,0.5}).
+    Tsne,
 }
 
 impl Experiment {
@@ -358,6 +360,7 @@ impl Experiment {
             Experiment::Transfer => Some(Figure::Transfer),
             Experiment::Detect => Some(Figure::Detect),
             Experiment::EdHistogram => Some(Figure::EdHistogram),
+            Experiment::Tsne => Some(Figure::Tsne),
             Experiment::Table1
             | Experiment::Table2
             | Experiment::Table3

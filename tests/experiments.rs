@@ -1,5 +1,5 @@
-//! The figure experiments (Fig. 3, Fig. 4, App. B.3): the transfer matrix's shape and diagonal on
-//! a small random ensemble, and `adp reproduce transfer|detect|ed-histogram --preset tiny` plus
+//! The figure experiments (Fig. 2, Fig. 3, Fig. 4, App. B.3): the transfer matrix's shape and diagonal on
+//! a small random ensemble, and `adp reproduce transfer|detect|ed-histogram|tsne --preset tiny` plus
 //! `adp report` end to end on the synthetic MNIST-layout data set.
 
 use std::path::Path;
@@ -169,5 +169,41 @@ fn reproduce_ed_histogram_tiny_measures_three_methods() {
     for h in hists {
         finite(&h["median"]);
         assert_eq!(h["log_ed"].as_array().unwrap().len(), 64);
+    }
+}
+
+#[test]
+fn reproduce_tsne_tiny_embeds_every_member_of_two_methods() {
+    let json = reproduce_tiny("tsne", &["tsne.toml"]);
+    let runs = json.as_array().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["ECE", "ADP_{2,0.5}"]);
+    for run in runs {
+        assert_eq!(run["labels"].as_array().unwrap().len(), 64);
+        assert_eq!(
+            run["feature_dim"].as_u64(),
+            Some(128),
+            "the small CNN's fc1"
+        );
+        let members = run["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3);
+        for m in members {
+            let coords = m["coords"].as_array().unwrap();
+            assert_eq!(coords.len(), 64);
+            for c in coords {
+                assert_eq!(c.as_array().unwrap().len(), 2);
+                c.as_array().unwrap().iter().for_each(|v| {
+                    finite(v);
+                });
+            }
+            for key in ["feature_agreement", "embedding_agreement"] {
+                assert!((0.0..=1.0).contains(&finite(&m[key])), "{key}");
+            }
+        }
+        let overlap = run["overlap"].as_array().unwrap();
+        assert_eq!(overlap.len(), 3);
+        for (i, row) in overlap.iter().enumerate() {
+            assert_eq!(finite(&row[i]), 1.0, "a member overlaps itself fully");
+        }
     }
 }

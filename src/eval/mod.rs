@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 pub mod detect;
 pub mod diversity;
 pub mod ed_histogram;
+pub mod feature_tsne;
+pub mod neighbours;
 pub mod roc;
 pub mod transfer;
+pub mod tsne;
 
 use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, input_gradient, random_targets};
 use crate::data::{Batcher, Dataset};

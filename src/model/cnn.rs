@@ -43,17 +43,41 @@ impl Cnn {
         }
     }
 
-    /// Logits for pixels in `[0, 1]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    /// The final hidden features, the input of the last linear layer, `[batch, 128]`: what the
+    /// paper's Fig. 2 embeds with t-SNE for each member.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.norm.forward(x);
         let x = max_pool2d(relu(self.conv1.forward(x)), MaxPoolOptions::new([2, 2]));
         let x = max_pool2d(relu(self.conv2.forward(x)), MaxPoolOptions::new([2, 2]));
-        let x = x.flatten::<2>(1, 3);
-        self.fc2.forward(relu(self.fc1.forward(x)))
+        relu(self.fc1.forward(x.flatten::<2>(1, 3)))
+    }
+
+    /// Logits for pixels in `[0, 1]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.fc2.forward(self.features(x))
     }
 
     /// Sum of squared conv kernels.
     pub fn conv_l2(&self) -> Tensor<1> {
         kernel_sq(&self.conv1) + kernel_sq(&self.conv2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelKind, tiny_config};
+
+    #[test]
+    fn logits_are_the_last_layer_applied_to_the_features() {
+        let device = Device::default();
+        let config = tiny_config(ModelKind::Cnn, 4);
+        let cnn = Cnn::new(&config, &device);
+        let x = Tensor::<4>::random([3, 1, 8, 8], burn::tensor::Distribution::Default, &device);
+        let features = cnn.features(x.clone());
+        assert_eq!(features.dims(), [3, 128]);
+        let by_hand = cnn.fc2.forward(features);
+        let diff = (cnn.forward(x) - by_hand).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "{diff}");
     }
 }

@@ -71,4 +71,42 @@ impl Ensemble {
             logits: Tensor::stack(logits, 1),
         }
     }
+
+    /// Every member's final hidden features on `x`, `[batch, K, D]` (members share one
+    /// architecture, so one D): the inputs of the t-SNE panels of the paper's Fig. 2.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<3> {
+        let features = self.members.iter().map(|m| m.features(x.clone())).collect();
+        Tensor::stack(features, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelKind, tiny_config};
+
+    #[test]
+    fn features_stack_each_members_own_hidden_layer() {
+        let device = Device::default();
+        device.seed(3);
+        let config = tiny_config(ModelKind::Resnet20, 3);
+        let model = Ensemble::new(&config, 2, &device);
+        let x = Tensor::<4>::random([2, 1, 8, 8], burn::tensor::Distribution::Default, &device);
+        let f = model.features(x.clone());
+        assert_eq!(f.dims(), [2, 2, 64]);
+        for (k, member) in model.members.iter().enumerate() {
+            let own = member.features(x.clone());
+            let slice = f.clone().slice([0..2, k..k + 1, 0..64]).reshape([2, 64]);
+            let diff = (own - slice).abs().max().into_scalar::<f32>();
+            assert!(diff == 0.0, "member {k}: {diff}");
+        }
+        let gap = (model.members[0].features(x.clone()) - model.members[1].features(x))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(
+            gap > 0.0,
+            "two freshly initialised members gave equal features"
+        );
+    }
 }

@@ -91,12 +91,34 @@ impl Member {
         }
     }
 
+    /// The final hidden features `[batch, D]`, the input of the last linear layer (D = 128 for
+    /// the CNN, 64 for ResNet-20): what the paper's Fig. 2 visualises with t-SNE.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Member::Cnn(m) => m.features(x),
+            Member::ResNet(m) => m.features(x),
+        }
+    }
+
     /// Sum of squared convolution kernels, the Keras `l2` kernel regulariser of the official code.
     pub fn conv_l2(&self) -> Tensor<1> {
         match self {
             Member::Cnn(m) => m.conv_l2(),
             Member::ResNet(m) => m.conv_l2(),
         }
+    }
+}
+
+/// A member of `kind` for one-channel 8×8 images and `num_classes` classes: small models for
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn tiny_config(kind: ModelKind, num_classes: usize) -> MemberConfig {
+    MemberConfig {
+        kind,
+        input_shape: [1, 8, 8],
+        num_classes,
+        mean: vec![0.5],
+        std: vec![0.25],
     }
 }
 
