@@ -93,6 +93,10 @@ pub struct BenchReport {
     pub device: String,
     /// Hardware threads available to the process.
     pub threads: usize,
+    /// Resident memory when the measurements started (device created, nothing built), MiB:
+    /// subtract it from a row's peak for the memory the row itself needed.
+    #[serde(default)]
+    pub baseline_rss_mib: f64,
     /// Settings.
     pub config: BenchConfig,
     /// Rows.
@@ -101,11 +105,16 @@ pub struct BenchReport {
 
 /// Peak resident set size of this process in MiB, and whether it could be reset first.
 fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A memory field of `/proc/self/status` (`VmHWM:`, `VmRSS:`) in MiB, NaN where unavailable.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
@@ -163,6 +172,9 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
     );
     let device = config.device.device()?;
     let ad = device.clone().autodiff();
+    // One tiny op so that a backend that loads its libraries lazily has done so.
+    let _ = Tensor::<1>::zeros([1], &device).into_data();
+    let baseline_rss_mib = status_mib("VmRSS:");
     let n = config.batch_size;
     let mut rows = Vec::new();
     for &model in &config.models {
@@ -253,6 +265,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
     Ok(BenchReport {
         device: format!("{:?} ({:?})", config.device, device),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        baseline_rss_mib,
         config: config.clone(),
         rows,
     })
@@ -332,6 +345,8 @@ mod tests {
                 .iter()
                 .all(|r| r.images_per_s > 0.0 && r.images_per_s.is_finite())
         );
+        // Read from /proc/self/status: a process always has some resident memory.
+        assert!(report.baseline_rss_mib > 0.0, "{}", report.baseline_rss_mib);
         let md = markdown(&report);
         assert!(md.contains("| train ADP | Cnn | 2 |"), "{md}");
     }

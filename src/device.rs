@@ -1,4 +1,4 @@
-//! Run-time choice of the device, and so of the burn backend: `--device cpu|cuda|wgpu`.
+//! Run-time choice of the device, and so of the burn backend: `--device cpu|tch|cuda|wgpu`.
 
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,9 @@ pub enum DeviceKind {
     Cuda,
     /// Any GPU through wgpu (Vulkan/Metal/DX12; cargo feature `wgpu`).
     Wgpu,
+    /// The CPU through LibTorch, burn's `tch` backend (cargo feature `tch`; libtorch from the
+    /// PyTorch wheel, see the README's Backends section).
+    Tch,
 }
 
 impl DeviceKind {
@@ -31,10 +34,15 @@ impl DeviceKind {
             DeviceKind::Cuda => Ok(Device::cuda(0)),
             #[cfg(feature = "wgpu")]
             DeviceKind::Wgpu => Ok(Device::wgpu(Default::default())),
+            // burn 0.22 deprecates its tch backend, but on CPU it is the fastest one it has.
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceKind::Tch => Ok(Device::libtorch()),
             #[allow(unreachable_patterns)]
             other => anyhow::bail!(
-                "--device {} is not compiled into this binary; rebuild with `cargo build --release --features {}`",
+                "--device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
                 other.name(),
+                other.build_env(),
                 other.feature()
             ),
         }
@@ -46,6 +54,16 @@ impl DeviceKind {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Cuda => "cuda",
             DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Tch => "tch",
+        }
+    }
+
+    /// Environment the build of this device's feature needs.
+    fn build_env(self) -> &'static str {
+        match self {
+            // libtorch from the PyTorch wheel of `bash python/setup.sh` (README, Backends).
+            DeviceKind::Tch => "PATH=$PWD/.venv/bin:$PATH LIBTORCH_USE_PYTORCH=1 ",
+            _ => "",
         }
     }
 
@@ -54,6 +72,21 @@ impl DeviceKind {
             DeviceKind::Cpu => "flex",
             DeviceKind::Cuda => "cuda",
             DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Tch => "tch",
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "tch")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_not_compiled_in_names_its_build_command() {
+        let err = DeviceKind::Tch.device().unwrap_err().to_string();
+        assert!(
+            err.contains("LIBTORCH_USE_PYTORCH=1") && err.contains("--features tch"),
+            "{err}"
+        );
     }
 }
