@@ -104,6 +104,11 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Device to train on.
     pub device: DeviceKind,
+    /// The PyTorch file the weights came from, for a run written by `adp import` (such a run is
+    /// evaluated and attacked but never trained: its other fields only say which data set it
+    /// belongs to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -128,6 +133,7 @@ impl TrainConfig {
             train_limit: None,
             augment: false,
             device: DeviceKind::Cpu,
+            imported_from: None,
         }
     }
 
@@ -145,6 +151,10 @@ impl TrainConfig {
 
     /// A short label such as `ECE` or `ADP_{2,0.5}`.
     pub fn label(&self) -> String {
+        if let Some(file) = &self.imported_from {
+            let name = file.file_name().unwrap_or(file.as_os_str());
+            return format!("imported {}", name.to_string_lossy());
+        }
         match self.method {
             Method::Ece => "ECE".into(),
             Method::Adp => format!("ADP_{{{},{}}}", self.adp.alpha, self.adp.beta),
@@ -153,6 +163,12 @@ impl TrainConfig {
 
     /// Checks every option, with one message naming the option and the fix.
     pub fn validate(&self) -> Result<()> {
+        if let Some(file) = &self.imported_from {
+            bail!(
+                "this run holds weights imported from {} by `adp import`; it can be evaluated and attacked, not trained or resumed",
+                file.display()
+            );
+        }
         ensure!(
             self.members >= 2,
             "--members must be at least 2 (an ensemble), got {}",
