@@ -54,6 +54,12 @@ enum Command {
     },
     /// Measure training, inference and attack throughput and peak memory; prints a table.
     Bench(BenchArgs),
+    /// Write a run's weights as a PyTorch state dict for interop/adp_models.py (`.pt` or
+    /// `.safetensors`, described by `<out>.json`).
+    Export(ExportArgs),
+    /// Turn a PyTorch state dict of interop/adp_models.py's Ensemble into a run directory that
+    /// `adp eval` and `adp attack` accept.
+    Import(ImportArgs),
     /// Solve Eq. 7 (Theorem 2) for α given K, L and the target confidence F_y.
     Alpha {
         /// Number of members K.
@@ -324,6 +330,46 @@ struct BenchArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// The run directory.
+    run: PathBuf,
+    /// File format.
+    #[arg(long, value_enum, default_value = "pytorch")]
+    format: adp::interop::ExportFormat,
+    /// Weights file to write (`.pt` or `.safetensors`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the first N test images with every member's logits on them to
+    /// `<out>.reference.safetensors`, to check a loaded copy.
+    #[arg(long)]
+    reference: Option<usize>,
+    /// Directory of the data set for --reference (default: the run's).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ImportArgs {
+    /// The `.pt` or `.safetensors` state dict (torch names, see interop/README.md).
+    file: PathBuf,
+    /// Architecture of the members (default: read from the tensor names; checked if given).
+    #[arg(long, value_enum)]
+    model: Option<ModelKind>,
+    /// Number of members K (default: read from the tensor names; checked if given).
+    #[arg(long)]
+    members: Option<usize>,
+    /// Data set the weights belong to (default: from the file's description).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
+    /// Directory of that data set (default: data/<dataset>).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run directory to create.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 /// The experiments `adp reproduce` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Experiment {
@@ -457,6 +503,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Reproduce(args) => run_reproduce(args),
+        Command::Export(a) => run_export(a),
+        Command::Import(a) => run_import(a),
         Command::Report { dirs } => {
             for dir in dirs {
                 let done = rebuild(&dir)?;
@@ -563,6 +611,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             eps_max: a.adv_eps[1],
         }),
         device: a.device,
+        imported_from: None,
     };
     let out = a.out.expect("clap requires --out without --resume");
     let (_, state) = train(&config, &out, false)?;
@@ -730,6 +779,46 @@ fn run_attack(a: AttackArgs) -> Result<()> {
         mean(|n| n.l2),
         mean(|n| n.linf),
         a.out.display()
+    );
+    Ok(())
+}
+
+fn run_export(a: ExportArgs) -> Result<()> {
+    let opts = adp::interop::ExportOptions {
+        format: a.format,
+        out: a.out,
+        reference: a.reference,
+        data_dir: a.data_dir,
+    };
+    let meta = adp::interop::export_run(&a.run, &opts, &DeviceKind::Cpu.device()?)?;
+    println!(
+        "exported {} ({} x {:?}, {} classes) to {} (described in {})",
+        meta.label,
+        meta.members,
+        meta.architecture,
+        meta.num_classes,
+        opts.out.display(),
+        adp::interop::files::meta_path(&opts.out).display()
+    );
+    Ok(())
+}
+
+fn run_import(a: ImportArgs) -> Result<()> {
+    let opts = adp::interop::ImportOptions {
+        file: a.file,
+        model: a.model,
+        members: a.members,
+        dataset: a.dataset,
+        data_dir: a.data_dir,
+        out: a.out,
+    };
+    let spec = adp::interop::import_file(&opts, &DeviceKind::Cpu.device()?)?;
+    println!(
+        "imported {} x {:?} into {}; evaluate with `adp eval {}`",
+        spec.members,
+        spec.member.kind,
+        opts.out.display(),
+        opts.out.display()
     );
     Ok(())
 }

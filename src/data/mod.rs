@@ -69,6 +69,14 @@ impl DatasetKind {
     pub fn num_classes(self) -> usize {
         self.cifar().map_or(10, |c| c.num_classes())
     }
+
+    /// Shape `[channels, height, width]` of one image.
+    pub fn input_shape(self) -> [usize; 3] {
+        match self.cifar() {
+            None => [1, 28, 28],
+            Some(_) => [3, 32, 32],
+        }
+    }
 }
 
 /// Loads one split of any supported data set from `dir`, validating every file.

@@ -111,6 +111,11 @@ pub struct TrainConfig {
     pub adv_train: Option<AdvTrainConfig>,
     /// Device to train on.
     pub device: DeviceKind,
+    /// The PyTorch file the weights came from, for a run written by `adp import` (such a run is
+    /// evaluated and attacked but never trained: its other fields only say which data set it
+    /// belongs to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -136,6 +141,7 @@ impl TrainConfig {
             augment: false,
             adv_train: None,
             device: DeviceKind::Cpu,
+            imported_from: None,
         }
     }
 
@@ -154,6 +160,10 @@ impl TrainConfig {
     /// A short label such as `ECE`, `ADP_{2,0.5}`, `ADP-JSD_{0,0.5}` (App. B.1's diversity) or,
     /// with adversarial training, Table 4's `AdvT_PGD` and `AdvT_PGD + ADP_{2,0.5}`.
     pub fn label(&self) -> String {
+        if let Some(file) = &self.imported_from {
+            let name = file.file_name().unwrap_or(file.as_os_str());
+            return format!("imported {}", name.to_string_lossy());
+        }
         let objective = match (self.method, self.adp.diversity) {
             (Method::Ece, _) => "ECE".to_string(),
             (Method::Adp, Diversity::LogDet) => {
@@ -172,6 +182,12 @@ impl TrainConfig {
 
     /// Checks every option, with one message naming the option and the fix.
     pub fn validate(&self) -> Result<()> {
+        if let Some(file) = &self.imported_from {
+            bail!(
+                "this run holds weights imported from {} by `adp import`; it can be evaluated and attacked, not trained or resumed",
+                file.display()
+            );
+        }
         ensure!(
             self.members >= 2,
             "--members must be at least 2 (an ensemble), got {}",

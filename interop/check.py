@@ -1,0 +1,171 @@
+"""End-to-end interop check between adp (Rust) and PyTorch; run through interop/check.sh.
+
+For each run directory (copied first, never modified):
+  (a) `adp export` to .pt and .safetensors, load both into interop/adp_models.Ensemble, and compare
+      every member's logits on the first N test images with adp's (max abs diff <= 1e-4);
+  (b) PGD with the same eps, steps, step size and random start on the same weights and images:
+      `adp eval --attack pgd` against torchattacks.PGD on log(mean softmax) (robust accuracy
+      within 1 point);
+  (c) a torch-initialised, briefly torch-trained copy of the architecture saved with torch.save,
+      imported with `adp import`, gives the same logits in adp (max abs diff <= 1e-4).
+Prints one table and exits non-zero when a check fails.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from adp_models import build, describe, load_adp  # noqa: E402
+
+LOGIT_TOL = 1e-4
+ACC_TOL = 1.0  # percentage points
+
+
+def run(cmd):
+    print("$", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        sys.exit(f"command failed ({done.returncode}):\n{done.stdout}")
+    return done.stdout
+
+
+def load_reference(path):
+    from safetensors.torch import load_file
+
+    r = load_file(path)
+    return r["images"], r["labels"], r["logits"]
+
+
+def max_diff(model, images, logits):
+    with torch.no_grad():
+        return (model.member_logits(images) - logits).abs().max().item()
+
+
+def accuracy(model, images, labels):
+    with torch.no_grad():
+        return 100.0 * (model(images).argmax(1) == labels).float().mean().item()
+
+
+def torch_pgd(model, images, labels, eps, steps, step_size, seed):
+    import torchattacks
+
+    torch.manual_seed(seed)
+    attack = torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps, random_start=True)
+    adv = torch.cat([attack(images[i : i + 250], labels[i : i + 250]) for i in range(0, len(images), 250)])
+    assert (adv - images).abs().max() <= eps + 1e-6
+    return accuracy(model, adv, labels)
+
+
+def check_run(args, run_dir, rows):
+    name = os.path.basename(os.path.normpath(run_dir))
+    work = tempfile.mkdtemp(prefix=f"adp-interop-{name}-")
+    run_copy = os.path.join(work, "run")
+    shutil.copytree(run_dir, run_copy, ignore=shutil.ignore_patterns("checkpoint"))
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    n = max(args.images, args.pgd_images)
+
+    # (a) export in both formats, compare logits.
+    pt = os.path.join(work, "adp.pt")
+    st = os.path.join(work, "adp.safetensors")
+    run([args.adp, "export", run_copy, "--format", "pytorch", "--out", pt, "--reference", str(n)] + data)
+    run([args.adp, "export", run_copy, "--format", "safetensors", "--out", st])
+    images, labels, logits = load_reference(pt + ".reference.safetensors")
+    model = None
+    for fmt, path in [("pytorch", pt), ("safetensors", st)]:
+        model, meta = load_adp(path)
+        d = max_diff(model, images[: args.images], logits[: args.images])
+        rows.append((name, f"export {fmt}: max abs logit diff, {args.images} images", f"{d:.2e}", f"<= {LOGIT_TOL:g}", d <= LOGIT_TOL))
+
+    # (b) PGD on both sides.
+    p = args.pgd_images
+    step = args.eps / 10 if args.step_size is None else args.step_size
+    out = run(
+        [args.adp, "eval", run_copy, "--attack", "pgd", "--eps", str(args.eps), "--steps", str(args.steps),
+         "--step-size", str(step), "--limit", str(p), "--seed", str(args.seed)] + data
+    )
+    with open(os.path.join(run_copy, "eval.json")) as f:
+        report = json.load(f)
+    adp_acc = 100.0 * report["robust"][0]["accuracy"]
+    clean_torch = accuracy(model, images[:p], labels[:p])
+    torch_acc = torch_pgd(model, images[:p], labels[:p], args.eps, args.steps, step, args.seed)
+    rows.append((name, f"clean accuracy (torch), {p} images", f"{clean_torch:.1f}", "", True))
+    label = f"PGD eps={args.eps:g} {args.steps}x{step:g}, {p} images: adp / torchattacks"
+    rows.append((name, label, f"{adp_acc:.1f} / {torch_acc:.1f}", f"abs diff <= {ACC_TOL:g}", abs(adp_acc - torch_acc) <= ACC_TOL))
+
+    # (c) torch-trained weights into adp.
+    torch.manual_seed(args.seed)
+    twin = build(meta)
+    optim = torch.optim.Adam(twin.parameters(), lr=1e-3)
+    twin.train()
+    for i in range(args.torch_steps):
+        x, y = images[i * 32 : (i + 1) * 32], labels[i * 32 : (i + 1) * 32]
+        loss = F.cross_entropy(twin.member_logits(x).flatten(0, 1), y.repeat_interleave(len(twin.members)))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    twin.eval()
+    saved = os.path.join(work, "torch.pt")
+    torch.save(twin.state_dict(), saved)
+    with open(saved + ".json", "w") as f:  # the description adp import reads beside the file
+        json.dump(describe(twin, meta["architecture"], meta["dataset"], meta["input_shape"]), f)
+    imported = os.path.join(work, "imported")
+    run([args.adp, "import", saved, "--model", meta["architecture"], "--members", str(meta["members"]),
+         "--dataset", meta["dataset"], "--out", imported] + data)
+    back = os.path.join(work, "imported.safetensors")
+    run([args.adp, "export", imported, "--format", "safetensors", "--out", back, "--reference", str(args.images)] + data)
+    _, _, adp_logits = load_reference(back + ".reference.safetensors")
+    d = max_diff(twin, images[: args.images], adp_logits)
+    rows.append((name, f"import torch.save ({args.torch_steps} Adam steps): max abs logit diff", f"{d:.2e}", f"<= {LOGIT_TOL:g}", d <= LOGIT_TOL))
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+def small_run(args):
+    """Trains a 2-member CNN for one epoch on 2,000 MNIST images."""
+    out = os.path.join(tempfile.mkdtemp(prefix="adp-interop-train-"), "cnn")
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    run([args.adp, "train", "--model", "cnn", "--members", "2", "--epochs", "1", "--train-limit", "2000",
+         "--dataset", "mnist", "--out", out] + data)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="*", help="run directories (default: train a small CNN run)")
+    ap.add_argument("--adp", required=True, help="the adp binary")
+    ap.add_argument("--data-dir", help="data set directory (default: the run's)")
+    ap.add_argument("--images", type=int, default=1000, help="images for the logit comparisons")
+    ap.add_argument("--pgd-images", type=int, default=1000, help="images attacked by PGD")
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--step-size", type=float, help="default eps/10")
+    ap.add_argument("--torch-steps", type=int, default=5, help="Adam steps of the torch model for (c)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    rows = []
+    for r in args.runs or [small_run(args)]:
+        check_run(args, r, rows)
+    print()
+    print("| run | check | value | limit | ok |")
+    print("|---|---|---|---|---|")
+    for run_name, check, value, limit, ok in rows:
+        print(f"| {run_name} | {check} | {value} | {limit} | {'yes' if ok else 'NO'} |")
+    failed = [r for r in rows if not r[4]]
+    if failed:
+        print(f"\n{len(failed)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+    print("\nall checks passed")
+
+
+if __name__ == "__main__":
+    main()
