@@ -16,6 +16,8 @@
 //! the two columns there (CIFAR-10 ε = 0.01 / 0.02 / 0.04 ↔ MNIST ε = 0.1 / 0.15 / 0.2, C&W
 //! c = 0.01 ↔ 1, EAD c = 1 ↔ 5) and adversarial training draws ε from [0.05, 0.25] instead of
 //! [0.01, 0.05] (×5, the ratio of Table 2's FGSM budgets); the paper's column then reads `–`.
+//! The `cpu` preset trains Table 4's adversarially trained runs on half the images for 2 epochs
+//! (no learning-rate drop), as each AdvT-PGD step costs about 12 clean ones.
 //!
 //! Every method trains (or is reused) through [`train_or_reuse`], so tables sharing an output
 //! directory share runs (`table1` and `table2` with the same `--out` train once, and reuse the
@@ -431,6 +433,13 @@ impl TableConfig {
         let mut reproduce = ReproduceConfig::preset(preset, dataset, data_dir, device);
         let members = if table == Table::Table5 { 5 } else { 3 };
         reproduce.train.members = members;
+        if table == Table::Table4 && preset == Preset::Cpu {
+            // A step of AdvT costs about 3 (FGSM) and 12 (PGD) clean steps: half the images and
+            // half the epochs keep the four runs near half an hour on 2 cores.
+            reproduce.train.train_limit = reproduce.train.train_limit.map(|n| n / 2);
+            reproduce.train.epochs = 2;
+            reproduce.train.lr_drops = vec![];
+        }
         let adv = |attack| {
             let paper = AdvTrainConfig::paper(attack);
             if cifar_like(dataset) {
@@ -755,8 +764,15 @@ mod tests {
         let t4m = config(Table::Table4, Preset::Cpu, DatasetKind::Mnist);
         let adv = t4m.methods[3].adv_train.as_ref().unwrap();
         assert!((adv.eps_min - 0.05).abs() < 1e-12 && (adv.eps_max - 0.25).abs() < 1e-12);
+        let t2m = config(Table::Table2, Preset::Cpu, DatasetKind::Mnist);
+        assert_eq!(t4m.reproduce.train.epochs, 2);
+        assert_eq!(
+            t4m.reproduce.train.train_limit.map(|n| 2 * n),
+            t2m.reproduce.train.train_limit
+        );
         let t5 = config(Table::Table5, Preset::Cpu, DatasetKind::Cifar10);
         assert_eq!(t5.reproduce.train.members, 5);
+        assert_eq!(t5.reproduce.train.epochs, t2m.reproduce.train.epochs);
         // The cpu preset leaves out C&W and EAD, the paper preset keeps them.
         assert_eq!(t5.reproduce.attacks.len(), 4);
         let t5p = config(Table::Table5, Preset::Paper, DatasetKind::Cifar10);
