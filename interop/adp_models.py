@@ -11,6 +11,10 @@ Every member takes pixels in [0, 1] and normalises them itself with its `norm.me
 `Ensemble.forward` returns log(mean softmax): the cross-entropy of that output is
 -log F_y, the loss adp's attacks ascend, so torchattacks can attack the model directly.
 interop/README.md maps every burn parameter to its name here.
+
+The benchmark reference (bench/reference/adp_bench.py) builds its ensembles here too:
+`Ensemble(kind, k, (c, h, w), classes, mean, std)`, `he_normal_(model, biases="he")` for burn's
+initialisation, and `conv_l2()` for the weight-decay term. None of these change the state dict.
 """
 
 import json
@@ -40,12 +44,23 @@ class Normalize(nn.Module):
         return (x - self.mean.view(1, c, 1, 1)) * (1.0 / self.std).view(1, c, 1, 1)
 
 
-def _he_normal_(module):
-    """Keras' he_normal (std = sqrt(2 / fan_in)) on conv and dense weights, zero biases."""
+def he_normal_(module, biases="zeros"):
+    """Keras' he_normal (std = sqrt(2 / fan_in)) on conv and dense weights. Biases: "zeros"
+    (Keras; the default here) or "he" (burn's KaimingNormal, which draws them from the same
+    normal, fan_in that of the weight)."""
+    if biases not in ("zeros", "he"):
+        raise ValueError(f"biases must be 'zeros' or 'he', got {biases!r}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if biases == "zeros":
+                nn.init.zeros_(m.bias)
+            else:
+                nn.init.normal_(m.bias, 0.0, math.sqrt(2.0 / m.weight[0].numel()))
+
+
+def _squares(*weights):
+    return sum(w.square().sum() for w in weights)
 
 
 class Cnn(nn.Module):
@@ -59,7 +74,7 @@ class Cnn(nn.Module):
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
         self.fc1 = nn.Linear(64 * (h // 4) * (w // 4), 128)
         self.fc2 = nn.Linear(128, num_classes)
-        _he_normal_(self)
+        he_normal_(self)
 
     def forward(self, x):
         x = self.norm(x)
@@ -67,6 +82,10 @@ class Cnn(nn.Module):
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = torch.flatten(x, 1)
         return self.fc2(F.relu(self.fc1(x)))
+
+    def conv_l2(self):
+        """Sum of the squared convolution kernels, biases excluded (src/model/mod.rs)."""
+        return _squares(self.conv1.weight, self.conv2.weight)
 
 
 class ConvBn(nn.Module):
@@ -113,13 +132,22 @@ class ResNet(nn.Module):
                 channels = out
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Linear(64, num_classes)
-        _he_normal_(self)
+        he_normal_(self)
 
     def forward(self, x):
         x = F.relu(self.stem(self.norm(x)))
         for block in self.blocks:
             x = block(x)
         return self.head(x.mean(dim=(2, 3)))
+
+    def conv_l2(self):
+        """Sum of the squared convolution kernels (shortcuts included), biases excluded."""
+        weights = [self.stem.conv.weight]
+        for b in self.blocks:
+            weights += [b.a.conv.weight, b.b.conv.weight]
+            if b.shortcut is not None:
+                weights.append(b.shortcut.weight)
+        return _squares(*weights)
 
 
 ARCHITECTURES = {"cnn": Cnn, "resnet20": ResNet}
@@ -136,6 +164,10 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(
             [build(input_shape, num_classes, mean, std) for _ in range(members)]
         )
+
+    def conv_l2(self):
+        """Sum over members of `conv_l2()`."""
+        return sum(m.conv_l2() for m in self.members)
 
     def member_logits(self, x):
         """Each member's logits, [B, K, L]."""

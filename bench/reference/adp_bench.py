@@ -33,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The PyTorch twins of src/model live in interop/adp_models.py (one definition for both uses).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "interop"))
 
 try:
     import torch
@@ -46,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("adp_bench.py needs torchattacks: run `bash python/setup.sh`")
 
-from models import Ensemble, LogMeanSoftmax, log_mean_probs, member  # noqa: E402
+from adp_models import Ensemble, he_normal_  # noqa: E402
 
 SHAPES = {"cnn": (1, 28), "resnet20": (3, 32)}
 CLASSES = 10
@@ -134,9 +135,12 @@ def random_batch(kind: str, n: int, device):
 
 
 def make_ensemble(kind: str, k: int, device) -> Ensemble:
+    """K members initialised as burn does (He-normal weights and biases)."""
     c, hw = SHAPES[kind]
     mean, std = [0.5] * c, [0.25] * c
-    return Ensemble([member(kind, c, hw, CLASSES, mean, std) for _ in range(k)]).to(device)
+    ens = Ensemble(kind, k, (c, hw, hw), CLASSES, mean, std)
+    he_normal_(ens, biases="he")
+    return ens.to(device)
 
 
 # ---------------------------------------------------------------- the timed bodies
@@ -144,9 +148,9 @@ def make_ensemble(kind: str, k: int, device) -> Ensemble:
 
 def train_step(ens, opt, kind, n, alpha, beta, device, l2=1e-4):
     images, labels = random_batch(kind, n, device)
-    logits = ens(images)
+    logits = ens.member_logits(images)
     total, ece, entropy, log_det = adp_loss(logits, labels, alpha, beta)
-    total = total + l2 * sum(m.conv_l2() for m in ens.members)
+    total = total + l2 * ens.conv_l2()
     value = total.item()
     if not math.isfinite(value):
         raise RuntimeError(f"non-finite loss {value} on random data")
@@ -164,7 +168,7 @@ def train_step(ens, opt, kind, n, alpha, beta, device, l2=1e-4):
 
 def input_gradient(ens, images, labels):
     x = images.detach().clone().requires_grad_(True)
-    log_f = log_mean_probs(ens(x))
+    log_f = ens(x)  # log F, the log of the mean softmax
     value = -log_f.gather(1, labels.reshape(-1, 1)).reshape(-1)
     (grad,) = torch.autograd.grad(value.sum(), x)
     return grad, log_f.detach()
@@ -182,7 +186,7 @@ def our_pgd(ens, images, labels, eps, steps):
         _met = (log_f.argmax(1) != labels).tolist()
         x = torch.min(torch.max(x + step * g.sign(), x0 - eps), x0 + eps).clamp(0.0, 1.0)
     with torch.no_grad():  # AttackOutput::judge: success and the four norms of each example
-        success = (log_mean_probs(ens(x)).argmax(1) != labels).tolist()
+        success = (ens(x).argmax(1) != labels).tolist()
         d = (x - x0).flatten(1)
         _norms = torch.stack(
             [(d.abs() > 1e-6).sum(1).float(), d.abs().sum(1), d.norm(dim=1), d.abs().amax(1)], 1
@@ -238,7 +242,7 @@ def run(args) -> dict:
 
             def infer():
                 with torch.inference_mode():
-                    F.softmax(ens(images), 2).mean(1).cpu().numpy()
+                    ens.mean_probs(images).cpu().numpy()
 
             push("inference", kind, k, timed(args.warmup, args.steps, infer), n)
             reset_peak_rss()
@@ -258,9 +262,9 @@ def run(args) -> dict:
             seconds = time.perf_counter() - start
             push("attack pgd", kind, k, seconds, n, grads / seconds)
             reset_peak_rss()
-            victim = LogMeanSoftmax(ens).eval()
+            # Ensemble.forward is log F: torchattacks' cross-entropy on it is -log F_y.
             atk = torchattacks.PGD(
-                victim, eps=EPS, alpha=EPS / 10.0, steps=args.attack_steps, random_start=True
+                ens, eps=EPS, alpha=EPS / 10.0, steps=args.attack_steps, random_start=True
             )
             sync()
             start = time.perf_counter()
