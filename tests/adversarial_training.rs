@@ -2,28 +2,16 @@
 //! batches hold adversarial examples inside their budget, a tiny run trains and finishes through
 //! the binary, and the options survive the run's `config.toml`.
 
-use std::process::{Command, Output};
+mod common;
 
 use adp::data::synthetic::write_synthetic_mnist;
 use adp::data::{Batcher, DatasetKind, Split, load_idx_dataset};
 use adp::loss::{Diversity, ensemble_cross_entropy};
-use adp::model::{MemberConfig, ModelKind};
 use adp::train::adversarial::{AdvAttack, AdvTrainConfig, adversarial_batch};
-use adp::train::checkpoint::ModelSpec;
 use adp::train::{Method, TrainConfig};
 use burn::module::Module;
 use burn::prelude::*;
-
-fn adp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adp"))
-        .args(args)
-        .output()
-        .expect("the adp binary runs")
-}
-
-fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
-}
+use common::{adp, adp_ok, assert_fails_with, cnn_spec, floats, stdout};
 
 #[test]
 fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_range() {
@@ -33,17 +21,7 @@ fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_rang
     // The training situation: model and batch on the autodiff device.
     let ad = Device::default().autodiff();
     ad.seed(2);
-    let spec = ModelSpec {
-        members: 3,
-        member: MemberConfig {
-            kind: ModelKind::Cnn,
-            input_shape: [1, 28, 28],
-            num_classes: 10,
-            mean: vec![0.2],
-            std: vec![0.3],
-        },
-    };
-    let model = spec.init(&ad);
+    let model = cnn_spec(3, [1, 28, 28], 10, 0.2, 0.3).init(&ad);
     for attack in [AdvAttack::Fgsm, AdvAttack::Pgd] {
         let config = AdvTrainConfig::paper(attack);
         for step in 0..3 {
@@ -126,9 +104,8 @@ fn tiny_advt_and_jsd_runs_train_finish_and_round_trip_their_config() {
             r,
         ];
         args.extend(&extra);
-        let o = adp(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(String::from_utf8_lossy(&o.stdout).contains(label));
+        let o = adp_ok(&args);
+        assert!(stdout(&o).contains(label));
         assert!(run.join("model.safetensors").exists());
         let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
         assert_eq!(history.lines().count(), 2, "{history}");
@@ -137,8 +114,7 @@ fn tiny_advt_and_jsd_runs_train_finish_and_round_trip_their_config() {
         let again = dir.path().join("again.toml");
         adp::io::write_toml(&again, &saved).unwrap();
         assert_eq!(adp::io::read_toml::<TrainConfig>(&again).unwrap(), saved);
-        let o = adp(&["train", "--resume", r]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        adp_ok(&["train", "--resume", r]);
     }
     let advt: TrainConfig = adp::io::read_toml(&dir.path().join("pgd/config.toml")).unwrap();
     let adv = advt.adv_train.unwrap();
@@ -189,10 +165,7 @@ fn bad_advt_options_give_one_clear_error() {
             "--out",
             out.to_str().unwrap(),
         ]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success());
-        assert!(err.contains(expected), "{err}");
-        assert!(!err.contains("panicked"), "{err}");
+        assert_fails_with(&o, expected, eps);
     }
     assert!(!out.exists());
 }

@@ -2,41 +2,24 @@
 //! a small random ensemble, and `adp reproduce transfer|detect|ed-histogram|tsne --preset tiny` plus
 //! `adp report` end to end on the synthetic MNIST-layout data set.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use adp::attack::{AttackKind, AttackSpec};
 use adp::data::Dataset;
 use adp::data::synthetic::write_synthetic_mnist;
 use adp::eval::transfer::transfer_matrix;
 use adp::eval::{AttackedSet, attack_dataset};
-use adp::model::{MemberConfig, ModelKind};
-use adp::train::checkpoint::ModelSpec;
 use burn::module::Module;
 use burn::prelude::*;
-
-fn adp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adp"))
-        .args(args)
-        .output()
-        .expect("the adp binary runs")
-}
+use common::{adp_ok, cnn_spec, reproduce_tiny_args, stdout};
 
 #[test]
 fn transfer_matrix_is_k_by_k_with_the_white_box_results_on_its_diagonal() {
     let device = Device::default();
     device.seed(5);
-    let spec = ModelSpec {
-        members: 3,
-        member: MemberConfig {
-            kind: ModelKind::Cnn,
-            input_shape: [1, 8, 8],
-            num_classes: 3,
-            mean: vec![0.5],
-            std: vec![0.25],
-        },
-    };
-    let model = spec.init(&device).valid();
+    let model = cnn_spec(3, [1, 8, 8], 3, 0.5, 0.25).init(&device).valid();
     let n = 12;
     let images = (0..n * 64)
         .map(|i| ((i * 37) % 101) as f32 / 100.0)
@@ -81,17 +64,7 @@ fn reproduce_tiny(figure: &str, extra_files: &[&str]) -> serde_json::Value {
     let data = dir.path().join("data");
     write_synthetic_mnist(&data, 300, 100, 7).unwrap();
     let out = dir.path().join("out");
-    let o = adp(&[
-        "reproduce",
-        figure,
-        "--preset",
-        "tiny",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    adp_ok(&reproduce_tiny_args(figure, &data, &out));
     let drawn = ["md", "csv", "png", "svg"].map(|ext| out.join(format!("{figure}.{ext}")));
     for path in drawn.iter().chain(&[out.join(format!("{figure}.json"))]) {
         assert!(path.exists(), "{} missing", path.display());
@@ -109,9 +82,8 @@ fn reproduce_tiny(figure: &str, extra_files: &[&str]) -> serde_json::Value {
     for path in &drawn {
         std::fs::remove_file(path).unwrap();
     }
-    let o = adp(&["report", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains(figure));
+    let o = adp_ok(&["report", out.to_str().unwrap()]);
+    assert!(stdout(&o).contains(figure));
     assert_png(&drawn[2]);
     assert!(drawn.iter().all(|p| p.exists()));
     json

@@ -2,12 +2,14 @@
 //! error, never a panic. Bounded property tests (proptest's default 256 cases each, overridable
 //! with `PROPTEST_CASES=N` for longer runs) over random and mutated inputs.
 
+mod common;
+
 use adp::data::cifar::{CifarLabels, encode_records, parse_records};
 use adp::data::idx::{encode_idx, parse_idx};
-use adp::model::{MemberConfig, ModelKind};
 use adp::train::TrainConfig;
 use adp::train::checkpoint::{ModelSpec, load_model};
 use burn::prelude::*;
+use common::cnn_spec;
 use proptest::prelude::*;
 
 /// A valid file with a few bytes overwritten and a random length cut.
@@ -65,16 +67,7 @@ proptest! {
 }
 
 fn small_spec() -> ModelSpec {
-    ModelSpec {
-        members: 2,
-        member: MemberConfig {
-            kind: ModelKind::Cnn,
-            input_shape: [1, 8, 8],
-            num_classes: 3,
-            mean: vec![0.5],
-            std: vec![0.25],
-        },
-    }
+    cnn_spec(2, [1, 8, 8], 3, 0.5, 0.25)
 }
 
 proptest! {

@@ -2,6 +2,8 @@
 //! CNN and ResNet-20 in both formats, the `.pt` writer read back by burn-store's PyTorch reader,
 //! the torch names and layouts of interop/README.md, and clear errors for bad files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use adp::data::DatasetKind;
@@ -474,13 +476,11 @@ fn the_command_line_exports_imports_and_evaluates_an_imported_run() {
         &data,
     );
     let adp = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_adp"))
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        let out = common::adp(args);
+        (
+            out.status.success(),
+            common::stdout(&out) + &common::stderr(&out),
+        )
     };
     let path = |p: &str| tmp.path().join(p).to_string_lossy().to_string();
     let (ok, text) = adp(&[

@@ -3,7 +3,9 @@
 //! strength relative to PGD, targeted success, and the command line's errors. Iterations are
 //! kept small so that the file runs in seconds.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use adp::attack::{AttackKind, AttackSpec, Goal, Objective, Victim};
@@ -14,16 +16,12 @@ use adp::model::{Ensemble, ModelKind};
 use adp::train::{Method, TrainConfig, train};
 use burn::module::Module;
 use burn::prelude::*;
+use common::{adp, adp_ok, assert_one_error, scratch, stdout};
 
 /// Test examples attacked by every comparison.
 const EXAMPLES: usize = 50;
 /// Budget of the comparisons.
 const EPS: f64 = 0.15;
-
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
 
 /// An ADP_{2,0.5} ensemble of 2 CNNs trained for 2 epochs on 600 synthetic images, once.
 fn trained() -> &'static (PathBuf, Ensemble, Dataset) {
@@ -191,13 +189,7 @@ fn targeted_apgd_reaches_its_target_more_often_than_chance() {
 fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
     let (run, _, _) = trained();
     let run = run.to_str().unwrap();
-    let adp = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_adp"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let o = adp(&[
+    let o = adp_ok(&[
         "eval",
         run,
         "--attack",
@@ -217,9 +209,7 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         "--limit",
         "10",
     ]);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{stderr}");
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stdout = stdout(&o);
     assert!(
         stdout.contains("| AUTOATTACK | ε = 0.1 |") && stdout.contains("| ADAPTIVE | ε = 0.1 |"),
         "{stdout}"
@@ -252,18 +242,6 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
     ] {
         let mut full = vec!["eval", run];
         full.extend(&args);
-        let o = adp(&full);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected {expected:?} in {err}"
-        );
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("error")).count(),
-            1,
-            "{args:?}: {err}"
-        );
+        assert_one_error(&adp(&full), expected, &format!("{args:?}"));
     }
 }

@@ -3,8 +3,9 @@
 //! find smaller L2 and L1 perturbations than PGD, targeted JSMA and C&W beat chance, and a bad
 //! parameter gives one clear error.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use adp::attack::{
@@ -16,6 +17,7 @@ use adp::model::{Ensemble, ModelKind};
 use adp::train::{Method, TrainConfig, train};
 use burn::module::Module;
 use burn::prelude::*;
+use common::{adp, assert_one_error, floats};
 
 /// A 2-member CNN ensemble trained for one epoch on 600 synthetic images, and 200 test images.
 fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
@@ -44,10 +46,6 @@ fn model_and_batch(n: usize) -> (Ensemble, Batch) {
         .take(n);
     let batch = Batcher::sequential(&test, n).batch(0, &device);
     (model.valid(), batch)
-}
-
-fn floats(t: Tensor<4>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
 fn assert_in_unit_box(out: &AttackOutput, name: &str) {
@@ -177,6 +175,7 @@ fn targeted_jsma_and_cw_reach_random_targets_more_often_than_chance() {
 #[test]
 fn a_bad_attack_parameter_gives_one_clear_error() {
     let run = std::env::temp_dir().join("adp-no-such-run");
+    let run = run.to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
         (
             &["--attack", "jsma", "--gamma", "0"],
@@ -193,23 +192,7 @@ fn a_bad_attack_parameter_gives_one_clear_error() {
         (&["--attack", "cw"], "--attack cw has no --c list"),
     ];
     for (args, expected) in cases {
-        let o = Command::new(env!("CARGO_BIN_EXE_adp"))
-            .arg("eval")
-            .arg(&run)
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected {expected:?} in {err:?}"
-        );
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("error")).count(),
-            1,
-            "{err}"
-        );
-        assert!(!err.contains("panicked"), "{err}");
+        let o = adp(&[&["eval", run], args].concat());
+        assert_one_error(&o, expected, &format!("{args:?}"));
     }
 }

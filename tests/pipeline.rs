@@ -2,8 +2,10 @@
 //! on-disk layout: training, resuming after a real kill, evaluation, attacks on a trained model,
 //! the reproduction pipeline, and the error messages of bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -14,22 +16,7 @@ use adp::eval::robust;
 use adp::train::checkpoint::load_run;
 use burn::module::Module;
 use burn::prelude::*;
-
-fn adp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adp"))
-        .args(args)
-        .output()
-        .expect("the adp binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
+use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout};
 
 /// 1200 training and 300 test images of the synthetic set, written once.
 fn data_dir() -> PathBuf {
@@ -68,12 +55,11 @@ fn trained_run() -> PathBuf {
     RUN.get_or_init(|| {
         let data = data_dir();
         let run = scratch().join("run");
-        let o = adp(&train_args(
+        adp_ok(&train_args(
             data.to_str().unwrap(),
             run.to_str().unwrap(),
             "2",
         ));
-        assert!(o.status.success(), "{}", stderr(&o));
         run
     })
     .clone()
@@ -114,7 +100,7 @@ fn training_writes_a_complete_run_directory() {
 #[test]
 fn eval_prints_tables_and_writes_json_and_csv() {
     let run = trained_run();
-    let o = adp(&[
+    let o = adp_ok(&[
         "eval",
         run.to_str().unwrap(),
         "--attack",
@@ -128,8 +114,7 @@ fn eval_prints_tables_and_writes_json_and_csv() {
         "--limit",
         "100",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = stdout(&o);
     assert!(
         out.contains("| Ensemble |") && out.contains("| PGD | ε = 0.3 |"),
         "{out}"
@@ -161,7 +146,7 @@ fn eval_prints_tables_and_writes_json_and_csv() {
 fn attack_command_saves_adversarial_examples_within_budget() {
     let run = trained_run();
     let out = scratch().join("adv.safetensors");
-    let o = adp(&[
+    let o = adp_ok(&[
         "attack",
         run.to_str().unwrap(),
         "--attack",
@@ -176,8 +161,7 @@ fn attack_command_saves_adversarial_examples_within_budget() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("on member 1, 50 test images"));
+    assert!(stdout(&o).contains("on member 1, 50 test images"));
     let t = tensors(&out);
     let (shape, adv) = &t["adversarial"];
     assert_eq!(shape, &serde_json::json!([50, 1, 28, 28]));
@@ -293,12 +277,11 @@ fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
 fn a_killed_run_resumes_to_the_same_weights() {
     let data = data_dir();
     let (a, b) = (scratch().join("uninterrupted"), scratch().join("killed"));
-    let o = adp(&train_args(
+    adp_ok(&train_args(
         data.to_str().unwrap(),
         a.to_str().unwrap(),
         "3",
     ));
-    assert!(o.status.success(), "{}", stderr(&o));
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_adp"))
         .args(train_args(data.to_str().unwrap(), b.to_str().unwrap(), "3"))
@@ -320,8 +303,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
         "the run finished before it was killed"
     );
 
-    let o = adp(&["train", "--resume", b.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = adp_ok(&["train", "--resume", b.to_str().unwrap()]);
     assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
     let (wa, wb) = (
         tensors(&a.join("model.safetensors")),
@@ -360,12 +342,11 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (serde_json::Value
 fn a_loss_that_goes_nan_stops_training_and_names_the_last_good_checkpoint() {
     let data = data_dir();
     let run = scratch().join("nan");
-    let o = adp(&train_args(
+    adp_ok(&train_args(
         data.to_str().unwrap(),
         run.to_str().unwrap(),
         "1",
     ));
-    assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_file(run.join("model.safetensors")).unwrap();
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     let config = config
@@ -394,18 +375,8 @@ fn a_loss_that_goes_nan_stops_training_and_names_the_last_good_checkpoint() {
 fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
     let out = scratch().join("reproduce");
     let data = data_dir();
-    let args = [
-        "reproduce",
-        "mnist",
-        "--preset",
-        "tiny",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let o = adp(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let args = reproduce_tiny_args("mnist", &data, &out);
+    adp_ok(&args);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("| ECE | ADP_{2,0} | ADP_{2,0.5} |"),
@@ -415,8 +386,7 @@ fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
     for run in ["ece", "adp-2-0", "adp-2-0.5"] {
         assert!(out.join(run).join("eval.json").exists(), "{run}");
     }
-    let again = adp(&args);
-    assert!(again.status.success(), "{}", stderr(&again));
+    let again = adp_ok(&args);
     assert_eq!(
         stderr(&again).matches("reusing it").count(),
         3,
@@ -452,7 +422,7 @@ fn cifar_binary_layout_trains_resnet20_with_augmentation_and_evaluates() {
     }
     let run = scratch().join("cifar-run");
     let (d, r) = (dir.to_str().unwrap(), run.to_str().unwrap());
-    let o = adp(&[
+    adp_ok(&[
         "train",
         "--dataset",
         "cifar10",
@@ -470,16 +440,14 @@ fn cifar_binary_layout_trains_resnet20_with_augmentation_and_evaluates() {
         "--out",
         r,
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let model: toml::Value =
         toml::from_str(&std::fs::read_to_string(run.join("model.toml")).unwrap()).unwrap();
     assert_eq!(model["member"]["input_shape"].as_array().unwrap().len(), 3);
     assert_eq!(model["member"]["input_shape"][0].as_integer(), Some(3));
-    let o = adp(&[
+    let o = adp_ok(&[
         "eval", r, "--attack", "fgsm", "--eps", "0.03", "--limit", "16",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("| FGSM | ε = 0.03 |"));
+    assert!(stdout(&o).contains("| FGSM | ε = 0.03 |"));
 }
 
 #[test]
@@ -532,19 +500,7 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
         ),
     ];
     for (args, expected) in cases {
-        let o = adp(&args);
-        let err = stderr(&o);
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected {expected:?} in {err:?}"
-        );
-        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("error")).count(),
-            1,
-            "{args:?}: {err}"
-        );
+        assert_one_error(&adp(&args), expected, &format!("{args:?}"));
     }
     assert!(
         !Path::new(&out).exists(),

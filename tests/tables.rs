@@ -3,22 +3,13 @@
 //! JSON with one finite number per row and method, the paper's numbers beside ours, and
 //! `adp report` rebuilds the Markdown and CSV from the JSON.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use adp::data::cifar::{CifarLabels, encode_records};
 use adp::data::synthetic::write_synthetic_mnist;
-
-fn adp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adp"))
-        .args(args)
-        .output()
-        .expect("the adp binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, stderr, stdout};
 
 /// Runs `adp reproduce TABLE --preset tiny` with `extra` arguments into `out`, checks the files,
 /// the shape (rows × methods) and finiteness of the JSON, and the rebuild by `adp report`.
@@ -31,16 +22,7 @@ fn table_tiny(
     methods: &[&str],
     rows: usize,
 ) -> (serde_json::Value, String) {
-    let mut args = vec![
-        "reproduce",
-        table,
-        "--preset",
-        "tiny",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = reproduce_tiny_args(table, data, out);
     args.extend(extra);
     let o = adp(&args);
     assert!(o.status.success(), "{table}: {}", stderr(&o));
@@ -80,9 +62,8 @@ fn table_tiny(
     assert_eq!(csv.lines().count(), 1 + rows * methods.len(), "{csv}");
     std::fs::remove_file(&files[0]).unwrap();
     std::fs::remove_file(&files[1]).unwrap();
-    let o = adp(&["report", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains(table));
+    let o = adp_ok(&["report", out.to_str().unwrap()]);
+    assert!(stdout(&o).contains(table));
     assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), md);
     assert_eq!(std::fs::read_to_string(&files[1]).unwrap(), csv);
     (json, stderr(&o))
@@ -103,17 +84,7 @@ fn tables_1_2_4_5_on_mnist_layout_data_share_runs_and_rebuild() {
         "Table 1, MNIST, Net 1, baseline"
     );
     // Table 2 in the same directory reuses Table 1's three runs; 8 gradient-attack rows.
-    let o = adp(&[
-        "reproduce",
-        "table2",
-        "--preset",
-        "tiny",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = adp_ok(&reproduce_tiny_args("table2", &data, &out));
     assert_eq!(
         stderr(&o).matches("reusing it").count(),
         3,
@@ -197,51 +168,19 @@ fn table3_runs_on_generated_cifar100_files() {
 #[test]
 fn tables_without_their_data_or_on_the_wrong_data_set_say_what_to_do() {
     let empty = tempfile::tempdir().unwrap();
-    let e = empty.path().to_str().unwrap();
-    let out = empty.path().join("out");
-    let o_ = out.to_str().unwrap();
+    let (dir, out) = (empty.path(), empty.path().join("out"));
+    let (e, o_) = (dir.to_str().unwrap(), out.to_str().unwrap());
+    let tiny = |table, extra: &[&'static str]| {
+        [reproduce_tiny_args(table, dir, &out), extra.to_vec()].concat()
+    };
     for (args, expected) in [
         (
-            vec![
-                "reproduce",
-                "table2",
-                "--dataset",
-                "cifar10",
-                "--preset",
-                "tiny",
-                "--data-dir",
-                e,
-                "--out",
-                o_,
-            ],
+            tiny("table2", &["--dataset", "cifar10"]),
             "adp data fetch cifar10",
         ),
+        (tiny("table5", &[]), "adp data fetch cifar10"),
         (
-            vec![
-                "reproduce",
-                "table5",
-                "--preset",
-                "tiny",
-                "--data-dir",
-                e,
-                "--out",
-                o_,
-            ],
-            "adp data fetch cifar10",
-        ),
-        (
-            vec![
-                "reproduce",
-                "table3",
-                "--dataset",
-                "mnist",
-                "--preset",
-                "tiny",
-                "--data-dir",
-                e,
-                "--out",
-                o_,
-            ],
+            tiny("table3", &["--dataset", "mnist"]),
             "--dataset cifar100",
         ),
         (
@@ -258,15 +197,6 @@ fn tables_without_their_data_or_on_the_wrong_data_set_say_what_to_do() {
             "only table1 … table5 take CIFAR",
         ),
     ] {
-        let o = adp(&args);
-        let err = stderr(&o);
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(err.contains(expected), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("error")).count(),
-            1,
-            "{err}"
-        );
+        assert_one_error(&adp(&args), expected, &format!("{args:?}"));
     }
 }

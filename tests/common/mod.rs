@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests (`mod common;` in each test file): running the `adp`
+//! binary and reading its output, the arguments of `adp reproduce … --preset tiny`, the
+//! one-clear-error checks of bad command lines, small CNN ensembles, tensors as `Vec<f32>` and a
+//! scratch directory per test binary. Each test file uses a subset, hence the `allow`.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use adp::model::{MemberConfig, ModelKind};
+use adp::train::checkpoint::ModelSpec;
+use burn::prelude::*;
+
+/// Runs the `adp` binary with `args` and waits for it.
+pub fn adp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adp"))
+        .args(args)
+        .output()
+        .expect("the adp binary runs")
+}
+
+/// Runs the `adp` binary with `args` and asserts that it succeeded (its stderr otherwise).
+pub fn adp_ok(args: &[&str]) -> Output {
+    let o = adp(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+/// What a run of the binary wrote to stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// What a run of the binary wrote to stdout.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts that `o` failed with `expected` in its stderr and without a panic; `what` (the
+/// arguments, say) names the case in the messages. Returns the stderr.
+pub fn assert_fails_with(o: &Output, expected: &str, what: &str) -> String {
+    let err = stderr(o);
+    assert!(!o.status.success(), "{what} succeeded");
+    assert!(
+        err.contains(expected),
+        "{what}: expected {expected:?} in {err:?}"
+    );
+    assert!(!err.contains("panicked"), "{what} panicked: {err}");
+    err
+}
+
+/// [`assert_fails_with`], and the stderr holds exactly one line starting with `error`.
+pub fn assert_one_error(o: &Output, expected: &str, what: &str) {
+    let err = assert_fails_with(o, expected, what);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{what}: {err}"
+    );
+}
+
+/// `adp reproduce WHAT --preset tiny --data-dir DATA --out OUT`.
+pub fn reproduce_tiny_args<'a>(what: &'a str, data: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "reproduce",
+        what,
+        "--preset",
+        "tiny",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]
+}
+
+/// A CNN ensemble of `members` on `input_shape` images of `num_classes` classes, normalised with
+/// one `mean` and `std` for every channel.
+pub fn cnn_spec(
+    members: usize,
+    input_shape: [usize; 3],
+    num_classes: usize,
+    mean: f32,
+    std: f32,
+) -> ModelSpec {
+    ModelSpec {
+        members,
+        member: MemberConfig {
+            kind: ModelKind::Cnn,
+            input_shape,
+            num_classes,
+            mean: vec![mean; input_shape[0]],
+            std: vec![std; input_shape[0]],
+        },
+    }
+}
+
+/// The values of a tensor as `f32`s, in row-major order.
+pub fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// A temporary directory shared by the tests of one test binary (a static: it is never dropped,
+/// so it stays for the life of the process).
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
