@@ -69,7 +69,7 @@ enum Command {
         #[arg(long)]
         classes: usize,
         /// Target confidence F_y on the true label, in (1/L, 1).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         confidence: f64,
     },
 }
@@ -92,13 +92,13 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "adp")]
     method: Method,
     /// Weight α of the ensemble entropy.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     alpha: f64,
     /// Weight β of the log ensemble diversity.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     beta: f64,
     /// Training temperature T (App. B.2).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
     /// Diversity term weighted by β: log-det (log ED, Eq. 3-5) or jsd (Jensen-Shannon
     /// divergence of the members, the App. B.1 ablation).
@@ -123,19 +123,19 @@ struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
     /// Epochs (0-based) at which the learning rate is multiplied by 0.1.
     #[arg(long, value_delimiter = ',', default_values_t = [15, 30])]
     lr_drops: Vec<usize>,
     /// Per-member learning-rate multipliers (Algorithm 1), one per member.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     member_lr: Vec<f64>,
     /// Freeze a member after this many epochs without progress (0: never).
     #[arg(long, default_value_t = 0)]
     freeze_patience: usize,
     /// L2 penalty on convolution kernels.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
     l2: f64,
     /// Seed of initialisation and batch order.
     #[arg(long, default_value_t = 0)]
@@ -152,7 +152,7 @@ struct TrainArgs {
     adv_train: Option<AdvAttack>,
     /// Range MIN,MAX of the budget ε drawn uniformly per mini-batch for --adv-train
     /// (paper, CIFAR-10: 0.01,0.05).
-    #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.01, 0.05], allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.01, 0.05], allow_hyphen_values = true)]
     adv_eps: Vec<f64>,
     /// Device (backend) to train on.
     #[arg(long, value_enum, default_value = "cpu")]
@@ -175,13 +175,13 @@ struct EvalArgs {
     attack: Vec<AttackKind>,
     /// The preceding --attack's main parameters, comma-separated: budgets ε (pixel units) for
     /// fgsm, bim, pgd and mim; for the others the list stands for --gamma (jsma) or --c (cw, ead).
-    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_hyphen_values = true)]
     eps: Vec<f64>,
     /// Fractions γ of changed pixels for the preceding --attack jsma (paper: 0.3, 0.6), comma-separated.
-    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_hyphen_values = true)]
     gamma: Vec<f64>,
     /// Constants c for the preceding --attack cw or ead (paper: 0.1, 1, 10 and 5, 10), comma-separated.
-    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, allow_hyphen_values = true)]
     c: Vec<f64>,
     #[command(flatten)]
     params: AttackParams,
@@ -201,7 +201,7 @@ struct AttackParams {
     #[arg(long, visible_alias = "iterations")]
     steps: Option<usize>,
     /// Step size of BIM, PGD, MIM (paper: ε/10) and adaptive (ε/20); APGD sets its own.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     step_size: Option<f64>,
     /// Random restarts of every iterative attack (adaptive: 5, others: 1).
     #[arg(long)]

@@ -66,6 +66,22 @@ proptest! {
     }
 }
 
+/// Overwrites bytes of the file at `path` at the `edits` positions and cuts it at `cut` (keeping at
+/// least one byte).
+fn corrupt_file(
+    path: &std::path::Path,
+    edits: Vec<(prop::sample::Index, u8)>,
+    cut: prop::sample::Index,
+) {
+    let mut bytes = std::fs::read(path).unwrap();
+    for (i, b) in edits {
+        let i = i.index(bytes.len());
+        bytes[i] = b;
+    }
+    bytes.truncate(cut.index(bytes.len()).max(1));
+    std::fs::write(path, &bytes).unwrap();
+}
+
 fn small_spec() -> ModelSpec {
     cnn_spec(2, [1, 8, 8], 3, 0.5, 0.25)
 }
@@ -80,14 +96,37 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         adp::train::checkpoint::save_model(&small_spec().init(&device), &path).unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        for (i, b) in edits {
-            let i = i.index(bytes.len());
-            bytes[i] = b;
-        }
-        bytes.truncate(cut.index(bytes.len()).max(1));
-        std::fs::write(&path, &bytes).unwrap();
+        corrupt_file(&path, edits, cut);
         let result = std::panic::catch_unwind(|| load_model(small_spec().init(&device), &path).map(|_| ()));
         prop_assert!(result.is_ok(), "loading a corrupt weights file panicked");
+    }
+}
+
+/// The PyTorch state dict of a small CNN ensemble, as `adp export` writes it.
+fn small_state_dict() -> Vec<adp::interop::layout::TorchTensor> {
+    let device = Device::default();
+    device.seed(0);
+    let spec = small_spec();
+    adp::interop::layout::state_dict(&spec.init(&device), &spec.member).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `adp import` reads `.pt` archives with burn-store's PyTorch reader and `.safetensors` with
+    /// ours: mutated and truncated files are errors, never panics.
+    #[test]
+    fn import_readers_never_panic_on_mutated_files(safetensors in any::<bool>(), edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<prop::sample::Index>()) {
+        let tensors = small_state_dict();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(if safetensors { "w.safetensors" } else { "w.pt" });
+        if safetensors {
+            adp::interop::files::write_safetensors(&path, &tensors, Default::default()).unwrap();
+        } else {
+            adp::interop::pt::write(&path, &tensors).unwrap();
+        }
+        corrupt_file(&path, edits, cut);
+        let result = std::panic::catch_unwind(|| adp::interop::files::read_weights(&path).map(|_| ()));
+        prop_assert!(result.is_ok(), "reading a corrupt weights file panicked");
     }
 }

@@ -10,13 +10,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use adp::attack::{AttackKind, AttackSpec, Classifier, Goal, Victim};
+use adp::data::idx::encode_idx;
 use adp::data::synthetic::write_synthetic_mnist;
 use adp::data::{Batcher, DatasetKind, Split, load_idx_dataset};
 use adp::eval::robust;
 use adp::train::checkpoint::load_run;
 use burn::module::Module;
 use burn::prelude::*;
-use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout};
+use common::{
+    adp, adp_ok, assert_fails_with, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout,
+};
 
 /// 1200 training and 300 test images of the synthetic set, written once.
 fn data_dir() -> PathBuf {
@@ -469,6 +472,10 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
             "--alpha must be a finite number",
         ),
         (
+            vec!["train", "--alpha", "-1", "--data-dir", d, "--out", &out],
+            "--alpha must be a finite number >= 0",
+        ),
+        (
             vec!["train", "--lr", "0", "--data-dir", d, "--out", &out],
             "--lr must be > 0",
         ),
@@ -513,18 +520,44 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
     let images = broken.path().join("train-images-idx3-ubyte");
     let bytes = std::fs::read(&images).unwrap();
     std::fs::write(&images, &bytes[..bytes.len() - 100]).unwrap();
-    let o = adp(&[
-        "train",
-        "--model",
-        "cnn",
-        "--data-dir",
-        broken.path().to_str().unwrap(),
-        "--out",
-        &out,
-    ]);
-    let err = stderr(&o);
+    let train_on_broken = || {
+        adp(&[
+            "train",
+            "--model",
+            "cnn",
+            "--data-dir",
+            broken.path().to_str().unwrap(),
+            "--out",
+            &out,
+        ])
+    };
+    let err = stderr(&train_on_broken());
     assert!(
         err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
         "{err}"
     );
+
+    // A label beyond the data set's class count, and a data set without images, are one error
+    // each that names the file and the fix.
+    let labels = broken.path().join("train-labels-idx1-ubyte");
+    for (images_bytes, labels_bytes, expected) in [
+        (
+            bytes.clone(),
+            encode_idx(&[20], &[12; 20]),
+            "out of range for 10 classes",
+        ),
+        (
+            encode_idx(&[0, 28, 28], &[]),
+            encode_idx(&[0], &[]),
+            "the data set is empty",
+        ),
+    ] {
+        std::fs::write(&images, &images_bytes).unwrap();
+        std::fs::write(&labels, &labels_bytes).unwrap();
+        let err = assert_fails_with(&train_on_broken(), expected, expected);
+        assert!(
+            err.contains("train-labels-idx1-ubyte") && err.contains("adp data fetch mnist"),
+            "{err}"
+        );
+    }
 }
