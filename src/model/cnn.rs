@@ -7,7 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 
-use super::{MemberConfig, Normalize, he_normal, kernel_sq};
+use super::{MemberConfig, Normalize, conv, he_normal, kernel_sq};
 
 /// The small CNN.
 #[derive(Module, Debug)]
@@ -47,8 +47,14 @@ impl Cnn {
     /// paper's Fig. 2 embeds with t-SNE for each member.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.norm.forward(x);
-        let x = max_pool2d(relu(self.conv1.forward(x)), MaxPoolOptions::new([2, 2]));
-        let x = max_pool2d(relu(self.conv2.forward(x)), MaxPoolOptions::new([2, 2]));
+        let x = max_pool2d(
+            relu(conv::forward(&self.conv1, x)),
+            MaxPoolOptions::new([2, 2]),
+        );
+        let x = max_pool2d(
+            relu(conv::forward(&self.conv2, x)),
+            MaxPoolOptions::new([2, 2]),
+        );
         relu(self.fc1.forward(x.flatten::<2>(1, 3)))
     }
 

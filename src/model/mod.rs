@@ -3,7 +3,9 @@
 //! Every member takes images with pixels in `[0, 1]` and normalises them itself
 //! ([`Normalize`]), so attack budgets stay in pixel space.
 
+pub mod batch_norm;
 pub mod cnn;
+pub mod conv;
 pub mod ensemble;
 pub mod resnet;
 

@@ -9,7 +9,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::{MemberConfig, Normalize, he_normal, kernel_sq};
+use super::{MemberConfig, Normalize, batch_norm, conv, he_normal, kernel_sq};
 
 fn conv(i: usize, o: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
     let p = k / 2;
@@ -39,7 +39,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        batch_norm::forward(&self.bn, conv::forward(&self.conv, x))
     }
 }
 
@@ -55,7 +55,7 @@ impl BasicBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.b.forward(relu(self.a.forward(x.clone())));
         let x = match &self.shortcut {
-            Some(proj) => proj.forward(x),
+            Some(proj) => conv::forward(proj, x),
             None => x,
         };
         relu(x + y)

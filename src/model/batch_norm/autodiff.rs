@@ -1,0 +1,113 @@
+//! The autodiff side of [`FusedBatchNorm`]: one graph node whose backward calls the inner
+//! backend's fused backward kernel.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+
+use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
+
+/// The recorded operation; its state is what the backward kernel needs.
+#[derive(Debug)]
+struct BatchNormTrainOp;
+
+impl<B: FusedBatchNorm> Backward<B, 3> for BatchNormTrainOp {
+    /// Checkpointed `x` and `γ`, the batch mean and variance, and ε.
+    type State = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x_id, gamma_id, mean, variance, epsilon) = ops.state;
+        let x = ckpt.retrieve_node_output::<FloatTensor<B>>(x_id);
+        let gamma = ckpt.retrieve_node_output::<FloatTensor<B>>(gamma_id);
+        let g = B::fused_batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+        for (node, grad) in [(node_x, g.x), (node_gamma, g.gamma), (node_beta, g.beta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: FusedBatchNorm, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, C> {
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        let stats = |out: &BatchNormOutput<B>| {
+            (
+                FloatTensor::<Self>::new(out.mean.clone()),
+                FloatTensor::<Self>::new(out.variance.clone()),
+            )
+        };
+        match BatchNormTrainOp
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let gamma_id = prep.checkpoint(&gamma);
+                let out = B::fused_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let (mean, variance) = stats(&out);
+                let state = (x_id, gamma_id, out.mean, out.variance, epsilon);
+                BatchNormOutput {
+                    output: prep.finish(state, out.output),
+                    mean,
+                    variance,
+                }
+            }
+            OpsKind::UnTracked(prep) => {
+                let out = B::fused_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let (mean, variance) = stats(&out);
+                BatchNormOutput {
+                    output: prep.finish(out.output),
+                    mean,
+                    variance,
+                }
+            }
+        }
+    }
+
+    /// First-order gradients only: the values are computed by the inner backend's kernel and
+    /// enter the graph as constants (no second derivative through batch norm).
+    fn fused_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> BatchNormGrads<Self> {
+        let g = B::fused_batch_norm_train_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            epsilon,
+            output_grad.into_primitive(),
+        );
+        BatchNormGrads {
+            x: FloatTensor::<Self>::new(g.x),
+            gamma: FloatTensor::<Self>::new(g.gamma),
+            beta: FloatTensor::<Self>::new(g.beta),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Native batch-norm kernels for burn-flex: per-channel reductions over the contiguous `H·W`
+//! planes of an `[N, C, H, W]` tensor, in parallel over channels (statistics) and planes (output).
+//!
+//! Sums run in 8 independent f32 lanes within a plane and in f64 across planes, so a channel of
+//! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
+
+use burn::backend::Flex;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
+
+type FlexTensor = FloatTensor<Flex>;
+
+/// `[N, C, plane]` view of a contiguous f32 tensor of rank ≥ 2.
+struct Planes<'a> {
+    data: &'a [f32],
+    channels: usize,
+    plane: usize,
+}
+
+impl<'a> Planes<'a> {
+    fn new(t: &'a FlexTensor) -> Option<Self> {
+        let dims = t.layout().shape().to_vec();
+        let data = t.as_slice::<f32>()?;
+        let channels = *dims.get(1)?;
+        let plane = dims[2..].iter().product();
+        Some(Self {
+            data,
+            channels,
+            plane,
+        })
+    }
+
+    /// Number of values per channel, `N · plane`.
+    fn count(&self) -> usize {
+        self.data.len() / self.channels
+    }
+
+    /// The `N` planes of channel `c`.
+    fn channel(&self, c: usize) -> impl Iterator<Item = &'a [f32]> + '_ {
+        let (plane, step) = (self.plane, self.plane * self.channels);
+        self.data[c * plane..]
+            .chunks(step)
+            .map(move |chunk| &chunk[..plane])
+    }
+}
+
+/// `Σ f(x_i, y_i)` over two equally long slices, in 8 f32 lanes.
+fn lane_sum(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            lanes[i] += f(a[i], b[i]);
+        }
+    }
+    let tail: f32 = xr.iter().zip(yr).map(|(&a, &b)| f(a, b)).sum();
+    lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
+}
+
+/// Per-channel `Σ f(x, y) / count` over all planes.
+fn channel_means(x: &Planes, y: &Planes, f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f64> {
+    let count = x.count() as f64;
+    (0..x.channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = x
+                .channel(c)
+                .zip(y.channel(c))
+                .map(|(a, b)| lane_sum(a, b, |p, q| f(c, p, q)))
+                .sum();
+            sum / count
+        })
+        .collect()
+}
+
+/// A new `shape`d tensor whose plane `(n, c)` is `f(c, x_plane, y_plane, out_plane)`.
+fn map_planes(
+    x: &Planes,
+    y: &Planes,
+    shape: Vec<usize>,
+    f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync,
+) -> FlexTensor {
+    let mut out = vec![0f32; x.data.len()];
+    out.par_chunks_mut(x.plane)
+        .zip(x.data.par_chunks(x.plane))
+        .zip(y.data.par_chunks(x.plane))
+        .enumerate()
+        .for_each(|(i, ((o, a), b))| f(i % x.channels, a, b, o));
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+fn to_f32(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&v| v as f32).collect()
+}
+
+fn vector(values: Vec<f32>) -> FlexTensor {
+    let n = values.len();
+    FlexTensor::from_data(TensorData::new(values, [n]))
+}
+
+/// A `[C]` parameter or statistic as f32 values (converted if stored in another float type).
+fn read(t: &FlexTensor) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("a float tensor converts to f32")
+}
+
+/// Whether the native kernel applies: f32 data of rank ≥ 2 with at least one value per channel.
+fn native(x: &FlexTensor) -> bool {
+    let dims = x.layout().shape().to_vec();
+    x.dtype() == DType::F32 && dims.len() >= 2 && dims.iter().all(|&d| d > 0)
+}
+
+impl FusedBatchNorm for Flex {
+    fn fused_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        if !native(&x) {
+            let out = <Flex as burn::backend::ops::ModuleOps<Flex>>::batch_norm_train(
+                x, gamma, beta, epsilon,
+            );
+            return BatchNormOutput {
+                output: out.output,
+                mean: out.mean,
+                variance: out.variance,
+            };
+        }
+        let x = x.to_contiguous();
+        let shape = x.layout().shape().to_vec();
+        let p = Planes::new(&x).expect("contiguous f32");
+        let mean = channel_means(&p, &p, |_, a, _| a);
+        let mean32 = to_f32(&mean);
+        let variance = channel_means(&p, &p, |c, a, _| (a - mean32[c]) * (a - mean32[c]));
+        let (gamma, beta) = (read(&gamma), read(&beta));
+        let scale: Vec<f32> = (0..p.channels)
+            .map(|c| (gamma[c] as f64 / (variance[c] + epsilon).sqrt()) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..p.channels)
+            .map(|c| beta[c] - mean32[c] * scale[c])
+            .collect();
+        let output = map_planes(&p, &p, shape, |c, a, _, o| {
+            for (o, &a) in o.iter_mut().zip(a) {
+                *o = a * scale[c] + shift[c];
+            }
+        });
+        BatchNormOutput {
+            output,
+            mean: vector(mean32),
+            variance: vector(to_f32(&variance)),
+        }
+    }
+
+    fn fused_batch_norm_train_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        output_grad: FlexTensor,
+    ) -> BatchNormGrads<Self> {
+        if !native(&x) || output_grad.dtype() != DType::F32 {
+            let g = <Flex as burn::backend::ops::ModuleOps<Flex>>::batch_norm_train_backward(
+                x,
+                gamma,
+                mean,
+                variance,
+                epsilon,
+                output_grad,
+            );
+            return BatchNormGrads {
+                x: g.x_grad,
+                gamma: g.gamma_grad,
+                beta: g.beta_grad,
+            };
+        }
+        let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
+        let shape = x.layout().shape().to_vec();
+        let (px, pg) = (
+            Planes::new(&x).expect("contiguous f32"),
+            Planes::new(&dy).expect("contiguous f32"),
+        );
+        let (gamma, mean, variance) = (read(&gamma), read(&mean), read(&variance));
+        let inv_std: Vec<f32> = variance
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
+            .collect();
+        // mean(g) and mean(g · x̂) per channel; x̂ = (x − μ) / σ.
+        let g_mean = channel_means(&pg, &pg, |_, g, _| g);
+        let gx_mean = channel_means(&px, &pg, |c, a, g| g * (a - mean[c]) * inv_std[c]);
+        let count = px.count() as f64;
+        let (g_mean32, gx_mean32) = (to_f32(&g_mean), to_f32(&gx_mean));
+        let x_grad = map_planes(&px, &pg, shape, |c, a, g, o| {
+            let (k, m, s) = (gamma[c] * inv_std[c], mean[c], inv_std[c]);
+            for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
+                *o = k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]);
+            }
+        });
+        let sums = |means: &[f64]| vector(means.iter().map(|&m| (m * count) as f32).collect());
+        BatchNormGrads {
+            x: x_grad,
+            gamma: sums(&gx_mean),
+            beta: sums(&g_mean),
+        }
+    }
+}
