@@ -8,6 +8,8 @@ pub mod cnn;
 pub mod conv;
 pub mod ensemble;
 pub mod resnet;
+#[cfg(test)]
+mod test_util;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -41,48 +41,37 @@ impl<B: FusedBatchNorm, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, C>
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> BatchNormOutput<Self> {
-        let stats = |out: &BatchNormOutput<B>| {
-            (
-                FloatTensor::<Self>::new(out.mean.clone()),
-                FloatTensor::<Self>::new(out.variance.clone()),
-            )
-        };
-        match BatchNormTrainOp
+        let prep = BatchNormTrainOp
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
-            .stateful()
-        {
+            .stateful();
+        // Checkpoint (tracked case) before the kernel consumes the tensors: Ok = tracked.
+        let prep = match prep {
             OpsKind::Tracked(mut prep) => {
-                let x_id = prep.checkpoint(&x);
-                let gamma_id = prep.checkpoint(&gamma);
-                let out = B::fused_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                let (mean, variance) = stats(&out);
-                let state = (x_id, gamma_id, out.mean, out.variance, epsilon);
-                BatchNormOutput {
-                    output: prep.finish(state, out.output),
-                    mean,
-                    variance,
-                }
+                let ids = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                Ok((prep, ids))
             }
-            OpsKind::UnTracked(prep) => {
-                let out = B::fused_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                let (mean, variance) = stats(&out);
-                BatchNormOutput {
-                    output: prep.finish(out.output),
-                    mean,
-                    variance,
-                }
-            }
+            OpsKind::UnTracked(prep) => Err(prep),
+        };
+        let out = B::fused_batch_norm_train(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            epsilon,
+        );
+        let mean = FloatTensor::<Self>::new(out.mean.clone());
+        let variance = FloatTensor::<Self>::new(out.variance.clone());
+        let output = match prep {
+            Ok((prep, (x_id, gamma_id))) => prep.finish(
+                (x_id, gamma_id, out.mean, out.variance, epsilon),
+                out.output,
+            ),
+            Err(prep) => prep.finish(out.output),
+        };
+        BatchNormOutput {
+            output,
+            mean,
+            variance,
         }
     }
 

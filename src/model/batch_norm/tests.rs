@@ -2,40 +2,7 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 
 use super::forward;
-
-/// Every CPU backend compiled in: the default one, and LibTorch with the `tch` feature.
-fn devices() -> Vec<Device> {
-    use crate::device::DeviceKind;
-    let mut kinds = vec![DeviceKind::Cpu];
-    if cfg!(feature = "tch") {
-        kinds.push(DeviceKind::Tch);
-    }
-    kinds
-        .into_iter()
-        .map(|k| k.device().expect("a backend compiled into this build"))
-        .collect()
-}
-
-/// Deterministic values in `[-2, 2)`.
-fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) * 4.0 - 2.0
-        })
-        .collect()
-}
-
-fn vec_of(t: Tensor<1>) -> Vec<f64> {
-    t.into_data().try_into_vec_as::<f64>().unwrap()
-}
-
-fn flat<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    vec_of(t.flatten(0, D - 1))
-}
+use crate::model::test_util::{devices, flat, values};
 
 /// A layer with non-trivial γ, β and running statistics.
 fn layer(channels: usize, device: &Device) -> BatchNorm {
@@ -85,7 +52,7 @@ fn reference_loss(x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], shape: [usi
 #[test]
 fn fused_train_gradients_match_finite_differences() {
     for device in devices() {
-        check_against_finite_differences(device.autodiff());
+        check_against_finite_differences(device);
     }
 }
 
@@ -94,8 +61,8 @@ fn check_against_finite_differences(device: Device) {
     let n: usize = shape.iter().product();
     let (x0, w) = (values(n, 7), values(n, 8));
     let bn = layer(2, &device);
-    let gamma: Vec<f64> = vec_of(bn.gamma.val());
-    let beta: Vec<f64> = vec_of(bn.beta.val());
+    let gamma: Vec<f64> = flat(bn.gamma.val());
+    let beta: Vec<f64> = flat(bn.beta.val());
     let x32: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
     let x = Tensor::<4>::from_data(TensorData::new(x32, shape), &device).require_grad();
     let wt = Tensor::<4>::from_data(
@@ -103,7 +70,7 @@ fn check_against_finite_differences(device: Device) {
         &device,
     );
     let loss = (forward(&bn, x.clone()) * wt).sum();
-    let got = vec_of(loss.clone().inner());
+    let got = flat(loss.clone().inner());
     let want = reference_loss(&x0, &gamma, &beta, &w, shape);
     assert!(
         (got[0] - want).abs() < 1e-4 * (1.0 + want.abs()),
@@ -140,7 +107,7 @@ fn check_against_finite_differences(device: Device) {
             })
         })
         .collect();
-    check("γ", vec_of(bn.gamma.val().grad(&grads).unwrap()), dgamma);
+    check("γ", flat(bn.gamma.val().grad(&grads).unwrap()), dgamma);
     let dbeta: Vec<f64> = (0..2)
         .map(|c| {
             central(&|d| {
@@ -150,7 +117,7 @@ fn check_against_finite_differences(device: Device) {
             })
         })
         .collect();
-    check("β", vec_of(bn.beta.val().grad(&grads).unwrap()), dbeta);
+    check("β", flat(bn.beta.val().grad(&grads).unwrap()), dbeta);
 }
 
 /// The fused path computes what `burn::nn::BatchNorm::forward` computes on a ResNet-20 shape:
@@ -159,7 +126,7 @@ fn check_against_finite_differences(device: Device) {
 #[test]
 fn fused_matches_burn_batch_norm() {
     for device in devices() {
-        compare_with_burn(device.autodiff());
+        compare_with_burn(device);
     }
 }
 
@@ -198,21 +165,17 @@ fn compare_with_burn(device: Device) {
         ("dγ", ours.gamma.val(), theirs.gamma.val()),
         ("dβ", ours.beta.val(), theirs.beta.val()),
     ] {
-        close(
-            what,
-            vec_of(p.grad(&ga).unwrap()),
-            vec_of(q.grad(&gb).unwrap()),
-        );
+        close(what, flat(p.grad(&ga).unwrap()), flat(q.grad(&gb).unwrap()));
     }
     close(
         "running mean",
-        vec_of(ours.running_mean.value()),
-        vec_of(theirs.running_mean.value()),
+        flat(ours.running_mean.value()),
+        flat(theirs.running_mean.value()),
     );
     close(
         "running var",
-        vec_of(ours.running_var.value()),
-        vec_of(theirs.running_var.value()),
+        flat(ours.running_var.value()),
+        flat(theirs.running_var.value()),
     );
     let (ours, theirs) = (ours.valid(), theirs.valid());
     let x = x.inner();

@@ -3,43 +3,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
 use super::forward;
-
-/// Every CPU backend compiled in: the default one, and LibTorch with the `tch` feature.
-fn devices() -> Vec<Device> {
-    use crate::device::DeviceKind;
-    let mut kinds = vec![DeviceKind::Cpu];
-    if cfg!(feature = "tch") {
-        kinds.push(DeviceKind::Tch);
-    }
-    kinds
-        .into_iter()
-        .map(|k| {
-            k.device()
-                .expect("a backend compiled into this build")
-                .autodiff()
-        })
-        .collect()
-}
-
-/// Deterministic values in `[-2, 2)`.
-fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) * 4.0 - 2.0
-        })
-        .collect()
-}
-
-fn flat<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.flatten::<1>(0, D - 1)
-        .into_data()
-        .try_into_vec_as::<f64>()
-        .unwrap()
-}
+use crate::model::test_util::{devices, flat, values};
 
 fn tensor<const D: usize>(v: &[f64], shape: [usize; D], device: &Device) -> Tensor<D> {
     let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
