@@ -20,6 +20,24 @@ pub enum DeviceKind {
     Tch,
 }
 
+/// Whether `device` runs on one of burn's CubeCL backends (`cuda`, `wgpu`). Those keep burn's
+/// own convolution and batch norm; this crate's layer kernels (`model::conv`,
+/// `model::batch_norm`) are for the CPU backends.
+pub fn is_cube(device: &Device) -> bool {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        matches!(
+            device.clone().inner().as_dispatch(),
+            burn::backend::DispatchDevice::Cube(_)
+        )
+    }
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 impl DeviceKind {
     /// Creates the device, or explains which cargo feature to build with.
     pub fn device(self) -> anyhow::Result<Device> {

@@ -104,23 +104,13 @@ pub trait FusedBatchNorm: Backend {
 #[allow(deprecated)]
 impl FusedBatchNorm for burn::backend::NdArray {}
 
-/// Whether `device` runs a backend that implements [`FusedBatchNorm`]; the CubeCL ones (`cuda`,
-/// `wgpu`) keep burn's own batch norm.
-fn fused_on(device: &Device) -> bool {
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    if matches!(device.clone().inner(), Device::Cube(_)) {
-        return false;
-    }
-    let _ = device;
-    true
-}
-
 /// Applies `bn` to `x` (`[N, C, H, W]`) exactly as `BatchNorm::forward` does, through the fused
 /// operation: batch statistics (and a running-statistics update) when the device records
-/// gradients and the layer is training, the running statistics otherwise.
+/// gradients and the layer is training, the running statistics otherwise. The CubeCL backends
+/// (`cuda`, `wgpu`) keep burn's own batch norm.
 pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
-    if !fused_on(&device) {
+    if crate::device::is_cube(&device) {
         return bn.forward(x);
     }
     if device.is_autodiff() && bn.training.is_enabled() {

@@ -86,8 +86,7 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Valid => [(0, 0), (0, 0)],
         PaddingConfig2d::Same => return conv.forward(x),
     };
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    if matches!(x.device().inner(), Device::Cube(_)) {
+    if crate::device::is_cube(&x.device()) {
         return conv.forward(x);
     }
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
