@@ -116,6 +116,14 @@ fn native(x: &FlexTensor) -> bool {
     x.dtype() == DType::F32 && dims.len() >= 2 && dims.iter().all(|&d| d > 0)
 }
 
+/// Whether every one of `vectors` holds one value per channel of `x`.
+fn per_channel(x: &FlexTensor, vectors: &[&FlexTensor]) -> bool {
+    let channels = x.layout().shape()[1];
+    vectors
+        .iter()
+        .all(|v| v.layout().shape().to_vec() == [channels])
+}
+
 impl FusedBatchNorm for Flex {
     fn fused_batch_norm_train(
         x: FlexTensor,
@@ -123,7 +131,7 @@ impl FusedBatchNorm for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> BatchNormOutput<Self> {
-        if !native(&x) {
+        if !native(&x) || !per_channel(&x, &[&gamma, &beta]) {
             let out = <Flex as burn::backend::ops::ModuleOps<Flex>>::batch_norm_train(
                 x, gamma, beta, epsilon,
             );
@@ -166,7 +174,9 @@ impl FusedBatchNorm for Flex {
         epsilon: f64,
         output_grad: FlexTensor,
     ) -> BatchNormGrads<Self> {
-        if !native(&x) || output_grad.dtype() != DType::F32 {
+        let grad_fits =
+            output_grad.dtype() == DType::F32 && output_grad.layout().shape() == x.layout().shape();
+        if !native(&x) || !grad_fits || !per_channel(&x, &[&gamma, &mean, &variance]) {
             let g = <Flex as burn::backend::ops::ModuleOps<Flex>>::batch_norm_train_backward(
                 x,
                 gamma,

@@ -204,11 +204,6 @@ fn inner_parallelism(batch: usize) -> Parallelism {
     }
 }
 
-/// Contiguous f32 data of `t`, or `None` when this path does not apply.
-fn f32_data(t: &FlexTensor) -> Option<FlexTensor> {
-    (t.dtype() == DType::F32).then(|| t.to_contiguous())
-}
-
 fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32 data")
 }
@@ -232,6 +227,12 @@ fn native(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> bool
         && weight.dtype() == DType::F32
 }
 
+/// Whether `dy` is an f32 output gradient of this convolution's shape (checked after [`native`]).
+fn grad_fits(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, options: &ConvOptions<2>) -> bool {
+    let g = Geometry::new(x, w, options);
+    dy.dtype() == DType::F32 && dy.layout().shape().to_vec() == [g.batch, g.c_out, g.out_h, g.out_w]
+}
+
 impl FastConv2d for Flex {
     fn fast_conv2d(
         x: FlexTensor,
@@ -239,12 +240,14 @@ impl FastConv2d for Flex {
         bias: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if !native(&x, &weight, &options) || bias.dtype() != DType::F32 {
+        let bias_fits = bias.dtype() == DType::F32
+            && bias.layout().shape().to_vec() == [weight.layout().shape()[0]];
+        if !native(&x, &weight, &options) || !bias_fits {
             return <Flex as ModuleOps<Flex>>::conv2d(x, weight, Some(bias), options);
         }
         let g = Geometry::new(&x, &weight, &options);
-        let (x, weight) = (f32_data(&x).unwrap(), f32_data(&weight).unwrap());
-        let bias = f32_data(&bias).unwrap();
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let bias = bias.to_contiguous();
         let bias = slice(&bias);
         let (xs, ws) = (slice(&x), slice(&weight));
         let (k, p) = (g.k(), g.p());
@@ -280,11 +283,11 @@ impl FastConv2d for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if !native(&x, &weight, &options) || output_grad.dtype() != DType::F32 {
+        if !native(&x, &weight, &options) || !grad_fits(&x, &weight, &output_grad, &options) {
             return <Flex as ModuleOps<Flex>>::conv2d_x_backward(x, weight, output_grad, options);
         }
         let g = Geometry::new(&x, &weight, &options);
-        let (weight, dy) = (f32_data(&weight).unwrap(), f32_data(&output_grad).unwrap());
+        let (weight, dy) = (weight.to_contiguous(), output_grad.to_contiguous());
         let (ws, dys) = (slice(&weight), slice(&dy));
         let (k, p) = (g.k(), g.p());
         let parallelism = inner_parallelism(g.batch);
@@ -317,7 +320,7 @@ impl FastConv2d for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if !native(&x, &weight, &options) || output_grad.dtype() != DType::F32 {
+        if !native(&x, &weight, &options) || !grad_fits(&x, &weight, &output_grad, &options) {
             return <Flex as ModuleOps<Flex>>::conv2d_weight_backward(
                 x,
                 weight,
@@ -326,7 +329,7 @@ impl FastConv2d for Flex {
             );
         }
         let g = Geometry::new(&x, &weight, &options);
-        let (x, dy) = (f32_data(&x).unwrap(), f32_data(&output_grad).unwrap());
+        let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let (xs, dys) = (slice(&x), slice(&dy));
         let (k, p) = (g.k(), g.p());
         let parallelism = inner_parallelism(g.batch);
