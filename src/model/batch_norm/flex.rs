@@ -5,6 +5,7 @@
 //! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
 
 use burn::backend::Flex;
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -21,16 +22,14 @@ struct Planes<'a> {
 }
 
 impl<'a> Planes<'a> {
-    fn new(t: &'a FlexTensor) -> Option<Self> {
+    /// `t` must be contiguous f32 of rank ≥ 2 (what [`native`] admits, after `to_contiguous`).
+    fn new(t: &'a FlexTensor) -> Self {
         let dims = t.layout().shape().to_vec();
-        let data = t.as_slice::<f32>()?;
-        let channels = *dims.get(1)?;
-        let plane = dims[2..].iter().product();
-        Some(Self {
-            data,
-            channels,
-            plane,
-        })
+        Self {
+            data: t.as_slice::<f32>().expect("contiguous f32 data"),
+            channels: dims[1],
+            plane: dims[2..].iter().product(),
+        }
     }
 
     /// Number of values per channel, `N · plane`.
@@ -132,18 +131,11 @@ impl FusedBatchNorm for Flex {
         epsilon: f64,
     ) -> BatchNormOutput<Self> {
         if !native(&x) || !per_channel(&x, &[&gamma, &beta]) {
-            let out = <Flex as burn::backend::ops::ModuleOps<Flex>>::batch_norm_train(
-                x, gamma, beta, epsilon,
-            );
-            return BatchNormOutput {
-                output: out.output,
-                mean: out.mean,
-                variance: out.variance,
-            };
+            return <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon).into();
         }
         let x = x.to_contiguous();
         let shape = x.layout().shape().to_vec();
-        let p = Planes::new(&x).expect("contiguous f32");
+        let p = Planes::new(&x);
         let mean = channel_means(&p, &p, |_, a, _| a);
         let mean32 = to_f32(&mean);
         let variance = channel_means(&p, &p, |c, a, _| (a - mean32[c]) * (a - mean32[c]));
@@ -177,26 +169,19 @@ impl FusedBatchNorm for Flex {
         let grad_fits =
             output_grad.dtype() == DType::F32 && output_grad.layout().shape() == x.layout().shape();
         if !native(&x) || !grad_fits || !per_channel(&x, &[&gamma, &mean, &variance]) {
-            let g = <Flex as burn::backend::ops::ModuleOps<Flex>>::batch_norm_train_backward(
+            return <Flex as ModuleOps<Flex>>::batch_norm_train_backward(
                 x,
                 gamma,
                 mean,
                 variance,
                 epsilon,
                 output_grad,
-            );
-            return BatchNormGrads {
-                x: g.x_grad,
-                gamma: g.gamma_grad,
-                beta: g.beta_grad,
-            };
+            )
+            .into();
         }
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let shape = x.layout().shape().to_vec();
-        let (px, pg) = (
-            Planes::new(&x).expect("contiguous f32"),
-            Planes::new(&dy).expect("contiguous f32"),
-        );
+        let (px, pg) = (Planes::new(&x), Planes::new(&dy));
         let (gamma, mean, variance) = (read(&gamma), read(&mean), read(&variance));
         let inv_std: Vec<f32> = variance
             .iter()

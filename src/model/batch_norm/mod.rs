@@ -28,6 +28,7 @@ mod flex;
 #[cfg(feature = "tch")]
 mod tch;
 
+use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward};
 use burn::backend::{Backend, Dispatch, ExtensionType, backend_extension, tensor::FloatTensor};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
@@ -55,6 +56,26 @@ pub struct BatchNormGrads<B: Backend> {
     pub beta: FloatTensor<B>,
 }
 
+impl<B: Backend> From<BatchNormTrain<B>> for BatchNormOutput<B> {
+    fn from(out: BatchNormTrain<B>) -> Self {
+        Self {
+            output: out.output,
+            mean: out.mean,
+            variance: out.variance,
+        }
+    }
+}
+
+impl<B: Backend> From<BatchNormTrainBackward<B>> for BatchNormGrads<B> {
+    fn from(grads: BatchNormTrainBackward<B>) -> Self {
+        Self {
+            x: grads.x_grad,
+            gamma: grads.gamma_grad,
+            beta: grads.beta_grad,
+        }
+    }
+}
+
 /// Training-mode batch normalisation over `[N, C, ...]` inputs, fused per backend.
 ///
 /// The default bodies are burn's own composite (`ModuleOps::batch_norm_train` and its backward),
@@ -73,12 +94,7 @@ pub trait FusedBatchNorm: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> BatchNormOutput<Self> {
-        let out = Self::batch_norm_train(x, gamma, beta, epsilon);
-        BatchNormOutput {
-            output: out.output,
-            mean: out.mean,
-            variance: out.variance,
-        }
+        Self::batch_norm_train(x, gamma, beta, epsilon).into()
     }
 
     /// Gradients of [`fused_batch_norm_train`](Self::fused_batch_norm_train), given the batch
@@ -91,12 +107,7 @@ pub trait FusedBatchNorm: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> BatchNormGrads<Self> {
-        let grads = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
-        BatchNormGrads {
-            x: grads.x_grad,
-            gamma: grads.gamma_grad,
-            beta: grads.beta_grad,
-        }
+        Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
     }
 }
 
