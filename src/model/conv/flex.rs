@@ -1,7 +1,8 @@
 //! Convolution kernels for burn-flex: per image, one `im2col` copy and one `gemm` matrix product
 //! written straight into the NCHW output, in parallel over images.
 //!
-//! Only f32 data with `groups = 1` takes this path; anything else goes to burn-flex's own.
+//! Only f32 data with `groups = 1` takes this path ([`Geometry::of`]); anything else goes to
+//! burn-flex's own.
 
 use burn::backend::Flex;
 use burn::backend::ops::{ConvOptions, ModuleOps};
@@ -33,15 +34,33 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Self {
+    /// The sizes of `x` convolved with `weight`, or `None` where these kernels do not apply
+    /// (not f32, `groups ≠ 1`, a zero size, stride or dilation, a kernel wider than the padded
+    /// image, mismatched channels): burn-flex's own op then runs, and reports any error.
+    fn of(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
         let xs = x.layout().shape().to_vec();
         let ws = weight.layout().shape().to_vec();
+        let applies = options.groups == 1
+            && xs.len() == 4
+            && ws.len() == 4
+            && xs[1] == ws[1]
+            && xs.iter().chain(&ws).all(|&d| d > 0)
+            && options
+                .stride
+                .iter()
+                .chain(&options.dilation)
+                .all(|&d| d > 0)
+            && x.dtype() == DType::F32
+            && weight.dtype() == DType::F32;
+        if !applies {
+            return None;
+        }
         let span = |i: usize, size: usize, k: usize| {
             let (before, after) = options.padding[i];
             let reach = options.dilation[i] * (k - 1) + 1;
-            (size + before + after).saturating_sub(reach) / options.stride[i] + 1
+            Some((size + before + after).checked_sub(reach)? / options.stride[i] + 1)
         };
-        Self {
+        Some(Self {
             batch: xs[0],
             c_in: xs[1],
             h: xs[2],
@@ -49,12 +68,23 @@ impl Geometry {
             c_out: ws[0],
             kh: ws[2],
             kw: ws[3],
-            out_h: span(0, xs[2], ws[2]),
-            out_w: span(1, xs[3], ws[3]),
+            out_h: span(0, xs[2], ws[2])?,
+            out_w: span(1, xs[3], ws[3])?,
             stride: options.stride,
             dilation: options.dilation,
             pad: [options.padding[0].0, options.padding[1].0],
-        }
+        })
+    }
+
+    /// Whether `dy` is an f32 gradient of this convolution's output.
+    fn fits_grad(&self, dy: &FlexTensor) -> bool {
+        dy.dtype() == DType::F32
+            && dy.layout().shape().to_vec() == [self.batch, self.c_out, self.out_h, self.out_w]
+    }
+
+    /// Whether `bias` is an f32 vector of one value per output channel.
+    fn fits_bias(&self, bias: &FlexTensor) -> bool {
+        bias.dtype() == DType::F32 && bias.layout().shape().to_vec() == [self.c_out]
     }
 
     /// Rows of the im2col matrix: `C_in · k_h · k_w`, in the weight's own order.
@@ -212,27 +242,6 @@ fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
-/// Whether the native kernels apply to these operands.
-fn native(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> bool {
-    let (xs, ws) = (
-        x.layout().shape().to_vec(),
-        weight.layout().shape().to_vec(),
-    );
-    options.groups == 1
-        && xs.len() == 4
-        && ws.len() == 4
-        && xs[1] == ws[1]
-        && xs.iter().chain(&ws).all(|&d| d > 0)
-        && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-}
-
-/// Whether `dy` is an f32 output gradient of this convolution's shape (checked after [`native`]).
-fn grad_fits(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, options: &ConvOptions<2>) -> bool {
-    let g = Geometry::new(x, w, options);
-    dy.dtype() == DType::F32 && dy.layout().shape().to_vec() == [g.batch, g.c_out, g.out_h, g.out_w]
-}
-
 impl FastConv2d for Flex {
     fn fast_conv2d(
         x: FlexTensor,
@@ -240,12 +249,9 @@ impl FastConv2d for Flex {
         bias: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        let bias_fits = bias.dtype() == DType::F32
-            && bias.layout().shape().to_vec() == [weight.layout().shape()[0]];
-        if !native(&x, &weight, &options) || !bias_fits {
+        let Some(g) = Geometry::of(&x, &weight, &options).filter(|g| g.fits_bias(&bias)) else {
             return <Flex as ModuleOps<Flex>>::conv2d(x, weight, Some(bias), options);
-        }
-        let g = Geometry::new(&x, &weight, &options);
+        };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let bias = bias.to_contiguous();
         let bias = slice(&bias);
@@ -283,10 +289,10 @@ impl FastConv2d for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if !native(&x, &weight, &options) || !grad_fits(&x, &weight, &output_grad, &options) {
+        let geometry = Geometry::of(&x, &weight, &options).filter(|g| g.fits_grad(&output_grad));
+        let Some(g) = geometry else {
             return <Flex as ModuleOps<Flex>>::conv2d_x_backward(x, weight, output_grad, options);
-        }
-        let g = Geometry::new(&x, &weight, &options);
+        };
         let (weight, dy) = (weight.to_contiguous(), output_grad.to_contiguous());
         let (ws, dys) = (slice(&weight), slice(&dy));
         let (k, p) = (g.k(), g.p());
@@ -320,15 +326,15 @@ impl FastConv2d for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if !native(&x, &weight, &options) || !grad_fits(&x, &weight, &output_grad, &options) {
+        let geometry = Geometry::of(&x, &weight, &options).filter(|g| g.fits_grad(&output_grad));
+        let Some(g) = geometry else {
             return <Flex as ModuleOps<Flex>>::conv2d_weight_backward(
                 x,
                 weight,
                 output_grad,
                 options,
             );
-        }
-        let g = Geometry::new(&x, &weight, &options);
+        };
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let (xs, dys) = (slice(&x), slice(&dy));
         let (k, p) = (g.k(), g.p());
