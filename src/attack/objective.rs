@@ -11,6 +11,10 @@
 //! * [`Objective::Dlr`]: the Difference of Logits Ratio of Croce & Hein (2020, Eq. 6 and its
 //!   targeted form), with log F as the "logits". DLR is invariant to shifting the logits, so for
 //!   K = 1 this equals DLR on the network's own logits.
+//! * [`Objective::Official`]: what the official code's FGSM/BIM/PGD/MIM (cleverhans 2.1.0)
+//!   ascend: its ensemble output is a Keras `Average` of the members' softmax, which cleverhans'
+//!   `model_loss` takes for logits, so the loss is the cross-entropy of softmax(F), not of F;
+//!   and with no labels given the attacks push away from the clean *predicted* class.
 //!
 //! Whatever the objective, success is judged on the real ensemble, by the argmax of log F.
 
@@ -39,6 +43,9 @@ pub enum Objective {
     JointMembers,
     /// Difference of Logits Ratio on z = log F (Croce & Hein, 2020).
     Dlr,
+    /// The official code's loss: cross-entropy of softmax(F), F taken for logits, away from the
+    /// clean predicted class (untargeted) or towards the target.
+    Official,
 }
 
 impl Objective {
@@ -49,6 +56,7 @@ impl Objective {
             Objective::MeanLogits => "mean-logits",
             Objective::JointMembers => "joint",
             Objective::Dlr => "dlr",
+            Objective::Official => "official",
         }
     }
 }
@@ -99,7 +107,8 @@ fn pick(z: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 pub struct Criterion {
     objective: Objective,
     goal: Goal,
-    /// The class the targeted DLR pushes away from: the clean prediction.
+    /// The clean prediction: the class the targeted DLR and the untargeted official loss push
+    /// away from.
     source: Option<Tensor<1, Int>>,
 }
 
@@ -134,15 +143,18 @@ impl Criterion {
     /// Binds `objective` to `goal` for the clean batch `x0`. The targeted DLR needs a class
     /// y to push away from; the goal holds only the target, so y is the ensemble's clean
     /// prediction (the true label wherever the ensemble is right, as AutoAttack does when given
-    /// no labels).
+    /// no labels). The untargeted official loss uses the clean prediction too, as cleverhans
+    /// does when called without labels.
     pub fn new(objective: Objective, model: &dyn Classifier, x0: &Tensor<4>, goal: &Goal) -> Self {
         let source = match (objective, goal) {
-            (Objective::Dlr, Goal::Targeted(_)) => Some(
-                model
-                    .log_probs(x0.clone().detach().without_autodiff())
-                    .argmax(1)
-                    .flatten::<1>(0, 1),
-            ),
+            (Objective::Dlr, Goal::Targeted(_)) | (Objective::Official, Goal::Untargeted(_)) => {
+                Some(
+                    model
+                        .log_probs(x0.clone().detach().without_autodiff())
+                        .argmax(1)
+                        .flatten::<1>(0, 1),
+                )
+            }
             _ => None,
         };
         Self {
@@ -181,6 +193,16 @@ impl Criterion {
                 (Goal::Targeted(t), Some(y)) => dlr_targeted(log_f, on(y), on(t)),
                 (Goal::Targeted(_), None) => unreachable!("bound with its source class"),
             },
+            Objective::Official => {
+                let as_logits = log_softmax(log_f.exp(), 1);
+                match (&self.goal, &self.source) {
+                    (Goal::Untargeted(_), Some(pred)) => {
+                        Goal::Untargeted(on(pred)).objective(as_logits)
+                    }
+                    (Goal::Untargeted(_), None) => unreachable!("bound with its source class"),
+                    (Goal::Targeted(_), _) => self.goal.objective(as_logits),
+                }
+            }
         }
     }
 
@@ -296,5 +318,31 @@ mod tests {
         let v = floats(c.value(z, log_f))[0];
         let expected = 4f32.ln() + 2f32.ln();
         assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");
+    }
+
+    /// The official loss takes the mean probabilities for logits and pushes away from the
+    /// clean prediction, whatever the true label: −log softmax(F)_pred.
+    #[test]
+    fn official_objective_is_cross_entropy_of_softmax_of_f_at_the_predicted_class() {
+        let d = Device::default();
+        let z = Tensor::<3>::from_data(
+            TensorData::new(vec![2.0f32, 0.5, -1.0, 0.0, 0.0, 1.0, 0.0, 0.0], [1, 2, 4]),
+            &d,
+        );
+        let log_f = EnsembleOutput { logits: z.clone() }.log_mean_probs();
+        let f: Vec<f32> = log_f.clone().exp().into_data().try_into_vec_as().unwrap();
+        let pred = 0;
+        let norm: f32 = f.iter().map(|p| p.exp()).sum();
+        let expected = -(f[pred].exp() / norm).ln();
+        let c = Criterion {
+            objective: Objective::Official,
+            goal: Goal::Untargeted(labels(vec![2])),
+            source: Some(labels(vec![pred as i64])),
+        };
+        let v = floats(c.value(z.clone(), log_f.clone()))[0];
+        assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");
+        // It differs from the default objective, which uses log F and the true label.
+        let ours = floats(Goal::Untargeted(labels(vec![2])).objective(log_f))[0];
+        assert!((v - ours).abs() > 0.1, "{v} vs {ours}");
     }
 }

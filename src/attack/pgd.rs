@@ -125,4 +125,15 @@ mod tests {
         assert_eq!(out.success.len(), 16);
         assert_in_budget(out.adversarial, x, 0.05);
     }
+
+    #[test]
+    fn the_official_objective_stays_in_budget() {
+        let (model, x, y) = two_class_toy(1);
+        let pgd = Pgd {
+            objective: Objective::Official,
+            ..Pgd::paper(0.1)
+        };
+        let out = pgd.attack(&model, x.clone(), y);
+        assert_in_budget(out.adversarial, x, 0.1);
+    }
 }
