@@ -32,7 +32,7 @@ BN_MOMENTUM = 0.01
 
 
 class Normalize(nn.Module):
-    """Per-channel (x - mean) * (1 / std) with the constants as buffers."""
+    """(x - mean) * (1 / std) per channel, the mean per channel [C] or per pixel [C, H, W]."""
 
     def __init__(self, mean, std):
         super().__init__()
@@ -40,8 +40,9 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x):
-        c = self.mean.numel()
-        return (x - self.mean.view(1, c, 1, 1)) * (1.0 / self.std).view(1, c, 1, 1)
+        c = self.std.numel()
+        mean = self.mean.view(1, c, 1, 1) if self.mean.dim() == 1 else self.mean.unsqueeze(0)
+        return (x - mean) * (1.0 / self.std).view(1, c, 1, 1)
 
 
 def he_normal_(module, biases="zeros"):

@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod experiments;
+pub mod fidelity;
 pub mod interop;
 pub mod io;
 pub mod loss;

@@ -8,10 +8,11 @@ use burn::module::Module;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
-use adp::data::{DatasetKind, Split, fetch, load_dataset};
+use adp::data::{DatasetKind, Normalization, Split, fetch, load_dataset};
 use adp::device::DeviceKind;
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
 use adp::experiments::{Figure, FigureConfig, rebuild, run_figure};
+use adp::fidelity::{FidelityConfig, run_fidelity};
 use adp::loss::{AdpConfig, Diversity, alpha_for_confidence};
 use adp::model::ModelKind;
 use adp::reproduce::{Preset, ReproduceConfig, reproduce};
@@ -125,8 +126,9 @@ struct TrainArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
-    /// Epochs (0-based) at which the learning rate is multiplied by 0.1.
-    #[arg(long, value_delimiter = ',', default_values_t = [15, 30])]
+    /// Epochs (0-based) from which the learning rate is multiplied by 0.1 (the official
+    /// `epoch > 15`, `epoch > 30` is 16,31).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 31])]
     lr_drops: Vec<usize>,
     /// Per-member learning-rate multipliers (Algorithm 1), one per member.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
@@ -143,9 +145,14 @@ struct TrainArgs {
     /// Train on the first N training images only.
     #[arg(long)]
     train_limit: Option<usize>,
-    /// Random crops (4-pixel padding) and horizontal flips of the training images (CIFAR).
+    /// Random shifts (up to a tenth of the side) and horizontal flips of the training images,
+    /// as the official code does on CIFAR and MNIST.
     #[arg(long)]
     augment: bool,
+    /// Input normalisation: mean-std (per-channel mean and std) or mean (the official code's
+    /// per-pixel mean image, no std).
+    #[arg(long, value_enum, default_value = "mean-std")]
+    normalize: Normalization,
     /// Adversarial training (Table 4): mix every mini-batch 1:1 with FGSM or PGD examples
     /// crafted against the current ensemble.
     #[arg(long, value_enum)]
@@ -396,13 +403,16 @@ enum Experiment {
     Table5,
     /// Fig. 2: t-SNE of each member's final hidden features (ECE vs ADP_{2,0.5}).
     Tsne,
+    /// The ablation grid of the official code's details (architecture, augmentation,
+    /// normalisation, budget, attack objective) for ECE and ADP_{2,0.5}: `fidelity.md`.
+    Fidelity,
 }
 
 impl Experiment {
     /// The figure experiment, for those that are one.
     fn figure(self) -> Option<Figure> {
         match self {
-            Experiment::Mnist | Experiment::FashionMnist => None,
+            Experiment::Mnist | Experiment::FashionMnist | Experiment::Fidelity => None,
             Experiment::Transfer => Some(Figure::Transfer),
             Experiment::Detect => Some(Figure::Detect),
             Experiment::EdHistogram => Some(Figure::EdHistogram),
@@ -450,6 +460,9 @@ struct ReproduceArgs {
     /// Device (backend).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
+    /// `fidelity` only: train and evaluate just these rows (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -555,7 +568,19 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         println!("written to {}", out.display());
         return Ok(());
     }
+    ensure!(
+        args.rows.is_empty() || args.experiment == Experiment::Fidelity,
+        "--rows selects rows of `adp reproduce fidelity` only"
+    );
     match args.experiment.figure() {
+        None if args.experiment == Experiment::Fidelity => {
+            let base = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
+            let config = FidelityConfig::new(base);
+            let results = run_fidelity(&config, &args.rows, &out)?;
+            println!("{}", adp::fidelity::markdown(&config, &results));
+            println!("written to {}", out.display());
+            Ok(())
+        }
         None => {
             let config = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
             reproduce(&config, &out).map(|_| ())
@@ -605,6 +630,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         train_limit: a.train_limit,
         augment: a.augment,
+        normalize: a.normalize,
         adv_train: a.adv_train.map(|attack| AdvTrainConfig {
             attack,
             eps_min: a.adv_eps[0],

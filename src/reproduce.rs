@@ -116,16 +116,7 @@ impl ReproduceConfig {
 
     /// The training configuration of method (α, β).
     pub fn train_config(&self, alpha: f64, beta: f64) -> TrainConfig {
-        let method = if alpha == 0.0 && beta == 0.0 {
-            Method::Ece
-        } else {
-            Method::Adp
-        };
-        let mut c = self.train.clone();
-        c.method = method;
-        c.adp.alpha = alpha;
-        c.adp.beta = beta;
-        c
+        self.train.with_method(alpha, beta)
     }
 }
 
@@ -160,7 +151,7 @@ fn paper_attacks(full: bool) -> Vec<AttackSpec> {
 /// Directory name of a method's run, e.g. `adp-2-0.5`; the JSD diversity (App. B.1) makes it
 /// `adp-jsd-2-0.5`, adversarial training prefixes `advt-pgd-`, and an ensemble of other than the
 /// paper's K = 3 members gets a `-k5` suffix, so that every method of every table has its own.
-fn run_name(config: &TrainConfig) -> String {
+pub fn run_name(config: &TrainConfig) -> String {
     let mut name = match (config.method, config.adp.diversity) {
         (Method::Ece, _) => "ece".to_string(),
         (Method::Adp, Diversity::LogDet) => format!("adp-{}-{}", config.adp.alpha, config.adp.beta),

@@ -1,19 +1,30 @@
-//! Training augmentation for CIFAR as in the official code (Keras `ImageDataGenerator` with
-//! shifts and flips): a random crop of the image padded by 4 zero pixels on every side, and a
-//! horizontal flip with probability 1/2. Draws come from a seeded generator, so a resumed run
-//! augments exactly as an uninterrupted one.
+//! Training augmentation as in the official code, for CIFAR and MNIST alike (Keras
+//! `ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)`):
+//! a random shift of up to a tenth of the image side in each direction, and a horizontal flip
+//! with probability 1/2. Draws come from a seeded generator, so a resumed run augments exactly
+//! as an uninterrupted one.
+//!
+//! Deviation: Keras draws a real-valued shift and interpolates; this draws whole pixels up to
+//! ⌈0.1·side⌉ (4 on CIFAR's 32, 3 on MNIST's 28) and fills with 0 instead of the nearest pixel
+//! (the same on MNIST's black border).
 
 use rand::Rng;
 
-/// Pixels of padding on every side before the random crop.
-pub const PAD: usize = 4;
+/// The largest shift, as a fraction of the image side.
+pub const SHIFT_FRACTION: f64 = 0.1;
+
+/// The largest shift in pixels along a side of `side` pixels: ⌈0.1·side⌉.
+pub fn max_shift(side: usize) -> usize {
+    (side as f64 * SHIFT_FRACTION).ceil() as usize
+}
 
 /// Writes a randomly shifted and possibly mirrored copy of `image` (`[c, h, w]`, row-major)
 /// into `out`; pixels shifted in from outside the image are 0.
 pub fn crop_and_flip(image: &[f32], shape: [usize; 3], rng: &mut impl Rng, out: &mut Vec<f32>) {
     let [c, h, w] = shape;
-    let dy = rng.random_range(0..=2 * PAD) as isize - PAD as isize;
-    let dx = rng.random_range(0..=2 * PAD) as isize - PAD as isize;
+    let (py, px) = (max_shift(h), max_shift(w));
+    let dy = rng.random_range(0..=2 * py) as isize - py as isize;
+    let dx = rng.random_range(0..=2 * px) as isize - px as isize;
     let flip = rng.random_bool(0.5);
     for ch in 0..c {
         let plane = &image[ch * h * w..(ch + 1) * h * w];
@@ -57,6 +68,27 @@ mod tests {
                 assert_eq!((pair[0] - pair[1]).abs(), 1.0, "{row:?}");
             }
         }
+    }
+
+    #[test]
+    fn shifts_reach_a_tenth_of_the_side_and_no_further() {
+        assert_eq!((max_shift(32), max_shift(28)), (4, 3));
+        // A single lit pixel in the middle of a 28×28 image lands at most 3 pixels away, and
+        // every offset in -3..=3 occurs.
+        let mut image = vec![0f32; 28 * 28];
+        image[14 * 28 + 14] = 1.0;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut rows = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            let mut out = Vec::new();
+            crop_and_flip(&image, [1, 28, 28], &mut rng, &mut out);
+            let at = out.iter().position(|&v| v == 1.0).unwrap();
+            rows.insert(at as isize / 28 - 14);
+        }
+        assert_eq!(
+            rows.into_iter().collect::<Vec<_>>(),
+            (-3..=3).collect::<Vec<_>>()
+        );
     }
 
     #[test]

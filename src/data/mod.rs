@@ -169,6 +169,23 @@ impl Dataset {
         }
     }
 
+    /// The constants a member normalises its input with, `(mean, std)`: per-channel mean and
+    /// standard deviation, or the official code's per-pixel mean (`[c·h·w]`) with a std of 1.
+    pub fn normalization(&self, norm: Normalization) -> (Vec<f32>, Vec<f32>) {
+        match norm {
+            Normalization::MeanStd => self.channel_stats(),
+            Normalization::Mean => {
+                let mut sum = vec![0f64; self.image_len()];
+                for img in self.images.chunks(self.image_len()) {
+                    sum.iter_mut().zip(img).for_each(|(s, &p)| *s += p as f64);
+                }
+                let n = self.len().max(1) as f64;
+                let mean = sum.iter().map(|s| (s / n) as f32).collect();
+                (mean, vec![1.0; self.shape[0]])
+            }
+        }
+    }
+
     /// Per-channel mean and standard deviation of the pixels, used to normalise inside the model.
     pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
         let [c, h, w] = self.shape;
@@ -192,6 +209,18 @@ impl Dataset {
             .collect();
         (mean.iter().map(|&m| m as f32).collect(), std)
     }
+}
+
+/// How a member normalises its `[0, 1]` pixels before its first layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalization {
+    /// (x − μ_c) / σ_c with the training set's per-channel mean and standard deviation.
+    #[default]
+    MeanStd,
+    /// x − μ with the training set's per-pixel mean image and no division, as the official
+    /// code does (`x_train_mean` subtracted after dividing by 255).
+    Mean,
 }
 
 /// File names of the four IDX files of (Fashion-)MNIST; each may also carry a `.gz` suffix.
@@ -318,6 +347,20 @@ pub(crate) mod tests {
     fn nan_pixels_and_empty_sets_are_rejected() {
         assert!(Dataset::new(vec![f32::NAN], vec![0], [1, 1, 1], 10).is_err());
         assert!(Dataset::new(vec![], vec![], [1, 1, 1], 10).is_err());
+    }
+
+    #[test]
+    fn the_official_normalisation_is_the_per_pixel_mean_image_and_no_std() {
+        // Two 1×1×2 images: the per-pixel means are (0.2 + 0.6)/2 and (0.4 + 1.0)/2.
+        let ds = Dataset::new(vec![0.2, 0.4, 0.6, 1.0], vec![0, 1], [1, 1, 2], 10).unwrap();
+        let (m, s) = ds.normalization(Normalization::Mean);
+        assert_eq!(m.len(), 2);
+        assert!(
+            (m[0] - 0.4).abs() < 1e-6 && (m[1] - 0.7).abs() < 1e-6,
+            "{m:?}"
+        );
+        assert_eq!(s, vec![1.0]);
+        assert_eq!(ds.normalization(Normalization::MeanStd), ds.channel_stats());
     }
 
     #[test]

@@ -89,6 +89,15 @@ pub fn import_file(opts: &ImportOptions, device: &Device) -> Result<ModelSpec> {
         input_shape[0],
         dataset.num_classes()
     );
+    let pixels: usize = input_shape.iter().product();
+    ensure!(
+        found.mean.len() == input_shape[0] || found.mean.len() == pixels,
+        "{}'s normalisation mean has {} entries; {} needs {} (per channel) or {pixels} (per pixel)",
+        file.display(),
+        found.mean.len(),
+        dataset.name(),
+        input_shape[0]
+    );
     let spec = ModelSpec {
         members: found.members,
         member: MemberConfig {

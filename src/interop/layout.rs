@@ -167,11 +167,17 @@ pub fn state_dict(model: &Ensemble, member: &MemberConfig) -> Result<Vec<TorchTe
         }
         out.push(t);
     }
-    let c = member.mean.len();
+    let c = member.std.len();
+    // A per-channel mean is `[C]`; the official code's per-pixel mean image is `[C, H, W]`.
+    let mean_shape = if member.mean.len() == c {
+        vec![c]
+    } else {
+        member.input_shape.to_vec()
+    };
     for k in 0..model.len() {
         out.push(TorchTensor::f32(
             norm_name(k, "mean"),
-            vec![c],
+            mean_shape.clone(),
             &member.mean,
         ));
         out.push(TorchTensor::f32(norm_name(k, "std"), vec![c], &member.std));
@@ -191,7 +197,7 @@ pub struct Inferred {
     pub num_classes: usize,
     /// Input channels.
     pub channels: usize,
-    /// Per-channel normalisation mean.
+    /// Normalisation mean: per channel, or a per-pixel image whose first axis is the channel.
     pub mean: Vec<f32>,
     /// Per-channel normalisation standard deviation.
     pub std: Vec<f32>,
@@ -248,11 +254,14 @@ pub fn infer(tensors: &[TorchTensor]) -> Result<Inferred> {
     let (channels, num_classes) = (first.shape[1], last.shape[0]);
     let mut norm: Option<(Vec<f32>, Vec<f32>)> = None;
     for k in 0..members {
-        let mean = get(&norm_name(k, "mean"))?.to_f32()?;
+        let mean_tensor = get(&norm_name(k, "mean"))?;
+        let per_pixel = mean_tensor.shape.len() == 3 && mean_tensor.shape[0] == channels;
+        let mean = mean_tensor.to_f32()?;
         let std = get(&norm_name(k, "std"))?.to_f32()?;
         ensure!(
-            mean.len() == channels && std.len() == channels,
-            "{} and {} must have {channels} entries (one per input channel)",
+            (mean.len() == channels || per_pixel) && std.len() == channels,
+            "{} must have {channels} entries (one per input channel) or shape [{channels}, H, W], \
+             and {} {channels} entries",
             norm_name(k, "mean"),
             norm_name(k, "std")
         );

@@ -37,13 +37,15 @@ pub struct MemberConfig {
     pub input_shape: [usize; 3],
     /// Number of classes L.
     pub num_classes: usize,
-    /// Per-channel mean subtracted inside the model.
+    /// Mean subtracted inside the model: one per channel `[c]`, or a per-pixel mean image
+    /// `[c·h·w]` (the official code's normalisation).
     pub mean: Vec<f32>,
     /// Per-channel standard deviation divided out inside the model.
     pub std: Vec<f32>,
 }
 
-/// Per-channel `(x - mean) / std`, with constants that are part of the model's configuration.
+/// `(x - mean) / std` per channel, with the mean per channel or per pixel; the constants are
+/// part of the model's configuration.
 #[derive(Module, Debug)]
 pub struct Normalize {
     #[module(skip)]
@@ -61,8 +63,13 @@ impl Normalize {
     /// Applies the normalisation to `[batch, channels, height, width]` pixels.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let device = x.device();
-        let c = self.mean.len();
-        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device).reshape([1, c, 1, 1]);
+        let [_, c, h, w] = x.dims();
+        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device);
+        let mean = if self.mean.len() == c {
+            mean.reshape([1, c, 1, 1])
+        } else {
+            mean.reshape([1, c, h, w])
+        };
         let inv: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
         let inv = Tensor::<1>::from_floats(inv.as_slice(), &device).reshape([1, c, 1, 1]);
         (x - mean) * inv
@@ -136,5 +143,35 @@ pub(crate) fn he_normal() -> burn::nn::Initializer {
     burn::nn::Initializer::KaimingNormal {
         gain: std::f64::consts::SQRT_2,
         fan_out_only: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A per-pixel mean is subtracted pixel by pixel, a per-channel one from the whole plane.
+    #[test]
+    fn normalize_takes_a_per_channel_or_a_per_pixel_mean() {
+        let d = Device::default();
+        let x =
+            Tensor::<1>::from_floats([0.5f32, 0.5, 0.5, 0.5].as_slice(), &d).reshape([1, 1, 2, 2]);
+        let values = |n: Normalize| -> Vec<f32> {
+            n.forward(x.clone()).into_data().try_into_vec_as().unwrap()
+        };
+        let per_pixel = values(Normalize::new(vec![0.1, 0.2, 0.3, 0.4], vec![1.0]));
+        let expected = [0.4f32, 0.3, 0.2, 0.1];
+        assert!(
+            per_pixel
+                .iter()
+                .zip(expected)
+                .all(|(a, e)| (a - e).abs() < 1e-6),
+            "{per_pixel:?}"
+        );
+        let per_channel = values(Normalize::new(vec![0.1], vec![0.5]));
+        assert!(
+            per_channel.iter().all(|v| (v - 0.8).abs() < 1e-6),
+            "{per_channel:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::eval::detect::DetectionReport;
 use crate::eval::ed_histogram::EdHistogram;
 use crate::eval::feature_tsne::TsneReport;
 use crate::eval::transfer::TransferReport;
+use crate::fidelity::Summary;
 
 /// Family name the embedded font is registered under. Every text size is even: plotters' glyph
 /// placement truncates `size / 2 + top`, which for odd sizes lifts small glyphs such as `.` by a
@@ -418,6 +419,106 @@ impl Figure for TsneFigure<'_> {
                     (30, y - 8),
                     (FONT, 14).into_font(),
                 ))
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// The fidelity grid: accuracy under each attack (one panel per attack), one bar per row and
+/// method, ECE and ADP side by side in two colours, with ±1 binomial standard error.
+pub struct FidelityFigure<'a> {
+    /// The grid's lines; cells 2.. are the attacks.
+    pub lines: &'a [Summary],
+    /// Titles of the attack cells.
+    pub titles: &'a [String],
+}
+
+impl Figure for FidelityFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1200, 300 * self.titles.len().max(1) as u32 + 40)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let root = root
+            .titled(
+                "Accuracy under attack per fidelity row (bars: mean over seeds, ±1 s.e.)",
+                (FONT, 20),
+            )
+            .map_err(err)?;
+        let panels = root.split_evenly((self.titles.len().max(1), 1));
+        let labels: Vec<String> = self.lines.iter().map(|l| l.label.clone()).collect();
+        let methods: Vec<&String> = labels.iter().fold(Vec::new(), |mut v, l| {
+            if !v.contains(&l) {
+                v.push(l);
+            }
+            v
+        });
+        let n = self.lines.len();
+        for (a, title) in self.titles.iter().enumerate() {
+            let mut chart = ChartBuilder::on(&panels[a])
+                .caption(title, (FONT, 14))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(46)
+                .build_cartesian_2d(0f64..n.max(1) as f64, 0f64..100f64)
+                .map_err(err)?;
+            let row_of = |v: &f64| {
+                let i = v.floor() as usize;
+                let centred = (v - v.floor() - 0.5).abs() < 1e-9 && i < n;
+                // One row name under each pair of bars.
+                match (
+                    centred,
+                    self.lines.get(i),
+                    i.checked_sub(1).and_then(|j| self.lines.get(j)),
+                ) {
+                    (true, Some(l), prev) if prev.is_none_or(|p| p.row != l.row) => l.row.clone(),
+                    _ => String::new(),
+                }
+            };
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(2 * n + 1)
+                .x_label_formatter(&row_of)
+                .y_desc("accuracy (%)")
+                .label_style((FONT, 12))
+                .axis_desc_style((FONT, 12))
+                .draw()
+                .map_err(err)?;
+            for (i, line) in self.lines.iter().enumerate() {
+                let Some(cell) = line.cells.get(2 + a) else {
+                    continue;
+                };
+                let m = methods.iter().position(|l| **l == line.label).unwrap_or(0);
+                let (x0, x1) = (i as f64 + 0.15, i as f64 + 0.85);
+                let (mean, se) = (100.0 * cell.mean, 100.0 * cell.se);
+                chart
+                    .draw_series([Rectangle::new([(x0, 0.0), (x1, mean)], color(m).filled())])
+                    .map_err(err)?;
+                let xc = i as f64 + 0.5;
+                chart
+                    .draw_series([PathElement::new(
+                        vec![(xc, (mean - se).max(0.0)), (xc, (mean + se).min(100.0))],
+                        BLACK.stroke_width(2),
+                    )])
+                    .map_err(err)?;
+            }
+            for (m, label) in methods.iter().enumerate() {
+                chart
+                    .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], color(m).filled())])
+                    .map_err(err)?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], color(m).filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FONT, 12))
+                .background_style(WHITE.mix(0.8))
+                .draw()
                 .map_err(err)?;
         }
         Ok(())

@@ -25,7 +25,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batcher, Dataset, DatasetKind, Split, load_dataset};
+use crate::data::{Batcher, Dataset, DatasetKind, Normalization, Split, load_dataset};
 use crate::device::DeviceKind;
 use crate::loss::{AdpConfig, Diversity, adp_loss};
 use crate::model::{Ensemble, MemberConfig, ModelKind};
@@ -100,10 +100,13 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on the first N training examples only (quick runs); `None` uses all.
     pub train_limit: Option<usize>,
-    /// Random crops (4-pixel padding) and horizontal flips of the training images, as the
-    /// official code does for CIFAR.
+    /// Random shifts of up to a tenth of the image side and horizontal flips of the training
+    /// images, as the official code's `--augmentation=True` (CIFAR and MNIST alike).
     #[serde(default)]
     pub augment: bool,
+    /// How each member normalises its input (official code: per-pixel mean, no std).
+    #[serde(default)]
+    pub normalize: Normalization,
     /// Adversarial training (Section 4.3, Table 4): each mini-batch is mixed 1:1 with
     /// adversarial examples of its images crafted against the current ensemble; `None` trains on
     /// clean images only.
@@ -119,7 +122,8 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The paper's MNIST setting: 3 ResNet-20, Adam 1e-3, batch 64, 40 epochs, drops at 15 and 30.
+    /// The paper's MNIST setting: 3 ResNet-20, Adam 1e-3, batch 64, 40 epochs, the rate ×0.1
+    /// once the 0-based epoch exceeds 15 and ×0.01 once it exceeds 30 (the official `lr_schedule`).
     pub fn paper_mnist(method: Method, alpha: f64, beta: f64) -> Self {
         Self {
             dataset: DatasetKind::Mnist,
@@ -131,7 +135,7 @@ impl TrainConfig {
             epochs: 40,
             batch_size: 64,
             lr: 1e-3,
-            lr_drops: vec![15, 30],
+            lr_drops: vec![16, 31],
             lr_drop_factor: 0.1,
             member_lr: Vec::new(),
             freeze: FreezeConfig::default(),
@@ -139,10 +143,24 @@ impl TrainConfig {
             seed: 0,
             train_limit: None,
             augment: false,
+            normalize: Normalization::MeanStd,
             adv_train: None,
             device: DeviceKind::Cpu,
             imported_from: None,
         }
+    }
+
+    /// This configuration for the method (α, β): ECE for (0, 0), ADP otherwise.
+    pub fn with_method(&self, alpha: f64, beta: f64) -> Self {
+        let mut c = self.clone();
+        c.method = if alpha == 0.0 && beta == 0.0 {
+            Method::Ece
+        } else {
+            Method::Adp
+        };
+        c.adp.alpha = alpha;
+        c.adp.beta = beta;
+        c
     }
 
     /// The objective actually minimised: zero regulariser for ECE.
@@ -392,7 +410,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
 }
 
 fn member_config(config: &TrainConfig, data: &Dataset) -> MemberConfig {
-    let (mean, std) = data.channel_stats();
+    let (mean, std) = data.normalization(config.normalize);
     MemberConfig {
         kind: config.model,
         input_shape: data.shape,
@@ -683,6 +701,19 @@ fn write_history(run: &Path, history: &[EpochMetrics]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The official `lr_schedule` multiplies the rate by 0.1 once the 0-based epoch exceeds 15
+    /// and by 0.01 once it exceeds 30.
+    #[test]
+    fn the_paper_schedule_drops_after_epochs_15_and_30_as_the_official_code() {
+        let c = TrainConfig::paper_mnist(Method::Ece, 0.0, 0.0);
+        let lr = |e| c.lr_at(e, 0);
+        assert_eq!([lr(0), lr(15)], [1e-3, 1e-3]);
+        assert!((lr(16) - 1e-4).abs() < 1e-12 && (lr(30) - 1e-4).abs() < 1e-12);
+        assert!((lr(31) - 1e-5).abs() < 1e-12 && (lr(39) - 1e-5).abs() < 1e-12);
+    }
+
     #[test]
     fn the_recorded_burn_version_is_the_one_in_cargo_lock() {
         let lock = include_str!("../../Cargo.lock");

@@ -1,0 +1,445 @@
+//! `adp reproduce fidelity`: which detail of the official setup moves the MNIST comparison of
+//! ECE and ADP_{2,0.5} (Pang et al., 2019, Table 2) — an ablation grid.
+//!
+//! Starting from a preset's training configuration (the default row), each row switches on one
+//! detail of the official code (`P2333/Adaptive-Diversity-Promoting`, `train_mnist.py`), and the
+//! last row all of them together. Every row trains ECE and ADP_{2,0.5} with the same seed and
+//! attacks both with PGD (10 steps, ε = 0.1 and 0.15) under this tool's objective (−log F_y, true
+//! label) and under the official code's (softmax of F taken for logits, predicted label,
+//! [`Objective::Official`]), and with APGD-CE at ε = 0.1 (Croce & Hein, 2020). Each accuracy
+//! comes with its binomial standard error; the headline rows are trained with several seeds.
+//!
+//! Runs live in `OUT/ROW/` (seed 0) and `OUT/ROW-seedN/`; a finished run is reused and an
+//! interrupted one resumed, and an evaluation already saved next to a run for the same attacks is
+//! read back instead of recomputed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::attack::{AttackKind, AttackSpec, Objective};
+use crate::data::{Dataset, Normalization};
+use crate::eval::EvalReport;
+use crate::model::ModelKind;
+use crate::reproduce::{Preset, ReproduceConfig, evaluate_method, load_or_fetch_test};
+use crate::train::TrainConfig;
+
+/// One training configuration of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FidelityRow {
+    /// Short name, also the run directory (`default`, `augment`, …).
+    pub name: String,
+    /// What the row changes, in words.
+    pub change: String,
+    /// The training configuration (method, α and β are set per method).
+    pub train: TrainConfig,
+    /// Seeds trained; the first is the preset's.
+    pub seeds: Vec<u64>,
+}
+
+/// Everything that defines the grid; saved as `OUT/fidelity.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FidelityConfig {
+    /// Preset the base configuration came from.
+    pub preset: Preset,
+    /// The preset's reproduction (data set, budget, test images, batch size).
+    pub base: ReproduceConfig,
+    /// The methods as (α, β): ECE and ADP_{2,0.5}.
+    pub methods: Vec<(f64, f64)>,
+    /// The rows, in the order they are trained.
+    pub rows: Vec<FidelityRow>,
+    /// The attacks every run is evaluated with.
+    pub attacks: Vec<AttackSpec>,
+}
+
+/// The rows and the seeds of the headline rows.
+const HEADLINE_SEEDS: [u64; 2] = [0, 1];
+
+impl FidelityConfig {
+    /// The grid over `base`'s configuration.
+    pub fn new(base: ReproduceConfig) -> Self {
+        let t = base.train.clone();
+        let images = |c: &TrainConfig| c.train_limit.map(|n| n * 3);
+        let row = |name: &str, change: &str, train: TrainConfig, headline: bool| FidelityRow {
+            name: name.into(),
+            change: change.into(),
+            seeds: if headline {
+                HEADLINE_SEEDS.to_vec()
+            } else {
+                vec![t.seed]
+            },
+            train: TrainConfig {
+                seed: t.seed,
+                ..train
+            },
+        };
+        let augment = TrainConfig {
+            augment: true,
+            ..t.clone()
+        };
+        let mean = TrainConfig {
+            normalize: Normalization::Mean,
+            ..t.clone()
+        };
+        let budget = TrainConfig {
+            // The paper trains on all 60,000 images; three times the preset's share, capped there.
+            train_limit: images(&t).filter(|&n| n < 60_000),
+            ..t.clone()
+        };
+        let resnet = TrainConfig {
+            model: ModelKind::Resnet20,
+            ..t.clone()
+        };
+        let all = TrainConfig {
+            augment: true,
+            normalize: Normalization::Mean,
+            ..resnet.clone()
+        };
+        let rows = vec![
+            row("default", "the preset as it is", t.clone(), true),
+            row(
+                "resnet20",
+                "ResNet-20 v1 members (BatchNorm) instead of the small CNN",
+                resnet,
+                true,
+            ),
+            row(
+                "augment",
+                "official augmentation: shifts of up to 0.1 of the side, horizontal flips",
+                augment,
+                false,
+            ),
+            row(
+                "normalize-mean",
+                "official normalisation: per-pixel mean subtracted, no std",
+                mean,
+                false,
+            ),
+            row(
+                "all",
+                "ResNet-20 + official augmentation + per-pixel mean",
+                all,
+                false,
+            ),
+            row(
+                "budget",
+                "three times the training images (all 60,000 at most)",
+                budget,
+                false,
+            ),
+        ];
+        let pgd = |eps, objective| AttackSpec {
+            objective: Some(objective),
+            ..AttackSpec::new(AttackKind::Pgd, eps)
+        };
+        let attacks = vec![
+            pgd(0.1, Objective::LogMeanSoftmax),
+            pgd(0.15, Objective::LogMeanSoftmax),
+            pgd(0.1, Objective::Official),
+            pgd(0.15, Objective::Official),
+            AttackSpec::new(AttackKind::ApgdCe, 0.1),
+        ];
+        Self {
+            preset: base.preset,
+            methods: vec![(0.0, 0.0), (2.0, 0.5)],
+            base,
+            rows,
+            attacks,
+        }
+    }
+
+    /// Checks that every name in `only` is a row of the grid.
+    pub fn check_rows(&self, only: &[String]) -> Result<()> {
+        let known: Vec<&str> = self.rows.iter().map(|r| r.name.as_str()).collect();
+        for name in only {
+            ensure!(
+                known.contains(&name.as_str()),
+                "--rows: no row named '{name}'; the rows are {}",
+                known.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Directory of `row`'s runs for `seed`.
+    pub fn row_dir(&self, out: &Path, row: &FidelityRow, seed: u64) -> PathBuf {
+        if seed == row.seeds[0] {
+            out.join(&row.name)
+        } else {
+            out.join(format!("{}-seed{seed}", row.name))
+        }
+    }
+}
+
+/// One evaluated run of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FidelityResult {
+    /// Row name.
+    pub row: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Its evaluation (label `ECE` or `ADP_{2,0.5}`).
+    pub report: EvalReport,
+}
+
+/// Trains and evaluates the runs of the rows named in `only` (every row when empty) into `out`,
+/// writes `fidelity.{md,csv,json}` and `fidelity.{png,svg}` and returns the results. The report
+/// also holds every other row whose runs were already measured in `out`.
+pub fn run_fidelity(
+    config: &FidelityConfig,
+    only: &[String],
+    out: &Path,
+) -> Result<Vec<FidelityResult>> {
+    config.check_rows(only)?;
+    let device = config.base.train.device.device()?;
+    let test = load_or_fetch_test(&config.base)?;
+    std::fs::create_dir_all(out)?;
+    crate::io::write_toml(&out.join("fidelity.toml"), config)?;
+    let clean_set = test.take(config.base.clean_examples);
+    let attack_set = test.take(config.base.attack_examples);
+    let mut results = Vec::new();
+    for row in &config.rows {
+        for &seed in &row.seeds {
+            for &(alpha, beta) in &config.methods {
+                let tc = method_config(&row.train, seed, alpha, beta);
+                let dir = config.row_dir(out, row, seed);
+                let selected = only.is_empty() || only.contains(&row.name);
+                let report = match saved_report(&dir, &tc, &config.attacks, &attack_set)? {
+                    Some(r) => r,
+                    None if !selected => continue,
+                    None => evaluate_method(
+                        &tc,
+                        &dir,
+                        &clean_set,
+                        &attack_set,
+                        &config.attacks,
+                        config.base.eval_batch_size,
+                        &device,
+                    )?,
+                };
+                results.push(FidelityResult {
+                    row: row.name.clone(),
+                    seed,
+                    report,
+                });
+                // Written after every run, so an interrupted grid still reports what it measured.
+                write_outputs(config, &results, out)?;
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Writes the grid's report files from `results`; `adp report` can redraw them.
+pub fn write_outputs(
+    config: &FidelityConfig,
+    results: &[FidelityResult],
+    out: &Path,
+) -> Result<String> {
+    crate::io::write_json(&out.join("fidelity.json"), &results)?;
+    let md = markdown(config, results);
+    crate::io::atomic_write(&out.join("fidelity.md"), md.as_bytes())?;
+    crate::io::atomic_write(&out.join("fidelity.csv"), csv(results).as_bytes())?;
+    let lines = summarise(config, results);
+    let figure = crate::report::plots::FidelityFigure {
+        lines: &lines,
+        titles: &attack_titles(config),
+    };
+    crate::report::plots::save(&figure, &out.join("fidelity"))?;
+    Ok(md)
+}
+
+/// The configuration of method (α, β) of a row at `seed`.
+fn method_config(row: &TrainConfig, seed: u64, alpha: f64, beta: f64) -> TrainConfig {
+    TrainConfig {
+        seed,
+        ..row.with_method(alpha, beta)
+    }
+}
+
+/// The evaluation saved next to a finished run, when it measured exactly `attacks` on as many
+/// images as `attack_set` holds.
+fn saved_report(
+    dir: &Path,
+    tc: &TrainConfig,
+    attacks: &[AttackSpec],
+    attack_set: &Dataset,
+) -> Result<Option<EvalReport>> {
+    let run = dir.join(crate::reproduce::run_name(tc));
+    let path = run.join("eval.json");
+    if !run.join("model.safetensors").exists() || !path.exists() {
+        return Ok(None);
+    }
+    let saved: TrainConfig = crate::io::read_toml(&run.join("config.toml"))?;
+    let report: EvalReport = crate::io::read_json(&path)?;
+    let same = saved == *tc
+        && report.robust.len() == attacks.len()
+        && report
+            .robust
+            .iter()
+            .zip(attacks)
+            .all(|(r, a)| r.description == a.build().name() && r.examples == attack_set.len());
+    Ok(same.then_some(report))
+}
+
+/// Binomial standard error of an accuracy `p` measured on `n` examples.
+pub fn standard_error(p: f64, n: usize) -> f64 {
+    (p * (1.0 - p) / n.max(1) as f64).sqrt()
+}
+
+/// Mean and range over seeds of one measured fraction, with the binomial standard error of one
+/// run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Mean over the seeds.
+    pub mean: f64,
+    /// Smallest and largest seed's value.
+    pub range: (f64, f64),
+    /// Binomial standard error of one run at the mean.
+    pub se: f64,
+    /// Number of seeds.
+    pub seeds: usize,
+}
+
+impl Cell {
+    fn of(values: &[f64], n: usize) -> Self {
+        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Self {
+            mean,
+            range: (lo, hi),
+            se: standard_error(mean, n),
+            seeds: values.len(),
+        }
+    }
+
+    /// `86.6 ± 1.1` in percent, with the seeds' range when there are several.
+    fn percent(&self) -> String {
+        let base = format!("{:.1} ± {:.1}", 100.0 * self.mean, 100.0 * self.se);
+        if self.seeds > 1 {
+            format!(
+                "{base} ({:.1}–{:.1})",
+                100.0 * self.range.0,
+                100.0 * self.range.1
+            )
+        } else {
+            base
+        }
+    }
+}
+
+/// One (row, method) line of the grid: its cells over the seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Row name.
+    pub row: String,
+    /// Method label.
+    pub label: String,
+    /// Mean member error, ensemble error, then one cell per attack.
+    pub cells: Vec<Cell>,
+}
+
+/// Groups `results` by row and method, in the grid's order.
+pub fn summarise(config: &FidelityConfig, results: &[FidelityResult]) -> Vec<Summary> {
+    let mut lines = Vec::new();
+    for row in &config.rows {
+        for &(alpha, beta) in &config.methods {
+            let label = method_config(&row.train, row.seeds[0], alpha, beta).label();
+            let runs: Vec<&EvalReport> = results
+                .iter()
+                .filter(|r| r.row == row.name && r.report.label == label)
+                .map(|r| &r.report)
+                .collect();
+            let Some(first) = runs.first() else { continue };
+            let clean_n = first.clean.examples;
+            let column = |f: &dyn Fn(&EvalReport) -> f64, n| {
+                Cell::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>(), n)
+            };
+            let member = |r: &EvalReport| {
+                r.clean.member_error.iter().sum::<f64>() / r.clean.member_error.len() as f64
+            };
+            let mut cells = vec![
+                column(&member, clean_n),
+                column(&|r| r.clean.ensemble_error, clean_n),
+            ];
+            for (i, a) in first.robust.iter().enumerate() {
+                cells.push(column(&|r| r.robust[i].accuracy, a.examples));
+            }
+            lines.push(Summary {
+                row: row.name.clone(),
+                label,
+                cells,
+            });
+        }
+    }
+    lines
+}
+
+/// Column titles of the attack cells.
+fn attack_titles(config: &FidelityConfig) -> Vec<String> {
+    config
+        .attacks
+        .iter()
+        .map(|a| match (a.kind, a.objective) {
+            (AttackKind::Pgd, Some(Objective::Official)) => {
+                format!("PGD ε={} official", a.eps)
+            }
+            (AttackKind::Pgd, _) => format!("PGD ε={} ours", a.eps),
+            (k, _) => format!("{} ε={}", k.name().to_uppercase(), a.eps),
+        })
+        .collect()
+}
+
+/// The grid as a Markdown table, with each row's change spelled out below it.
+pub fn markdown(config: &FidelityConfig, results: &[FidelityResult]) -> String {
+    let attacked = config.base.attack_examples.min(
+        results
+            .first()
+            .and_then(|r| r.report.robust.first())
+            .map_or(usize::MAX, |r| r.examples),
+    );
+    let mut s = format!(
+        "# Fidelity grid ({:?} preset)\n\nBase: {}. Errors on {} test images, accuracies under attack on the first {attacked}; \
+         each cell is the mean over seeds ± the binomial standard error of one run, with the seeds' range when there are several.\n\n",
+        config.preset,
+        crate::reproduce::training_summary(&config.base),
+        config.base.clean_examples,
+    );
+    let titles = attack_titles(config);
+    s.push_str("| row | method | seeds | member error % | ensemble error % |");
+    for t in &titles {
+        s.push_str(&format!(" {t} |"));
+    }
+    s.push_str("\n|---|---|---:|---:|---:|");
+    s.push_str(&"---:|".repeat(titles.len()));
+    s.push('\n');
+    for line in summarise(config, results) {
+        s.push_str(&format!(
+            "| {} | {} | {} |",
+            line.row, line.label, line.cells[0].seeds
+        ));
+        for c in &line.cells {
+            s.push_str(&format!(" {} |", c.percent()));
+        }
+        s.push('\n');
+    }
+    s.push_str("\nRows:\n\n");
+    for row in &config.rows {
+        s.push_str(&format!("- `{}`: {}.\n", row.name, row.change));
+    }
+    s
+}
+
+/// One CSV line per run and number.
+fn csv(results: &[FidelityResult]) -> String {
+    let mut s =
+        String::from("row,seed,label,metric,attack,eps,targeted,examples,value,parameter\n");
+    for r in results {
+        for line in r.report.to_csv().lines().skip(1) {
+            s.push_str(&format!("{},{},{line}\n", r.row, r.seed));
+        }
+    }
+    s
+}
