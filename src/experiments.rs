@@ -320,9 +320,17 @@ pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
         write_report(&config, &reports, dir)?;
         done.push("comparison");
     }
+    if dir.join("fidelity.json").exists() {
+        let config: crate::fidelity::FidelityConfig =
+            crate::io::read_toml(&dir.join("fidelity.toml"))?;
+        let results: Vec<crate::fidelity::FidelityResult> =
+            crate::io::read_json(&dir.join("fidelity.json"))?;
+        crate::fidelity::write_outputs(&config, &results, dir)?;
+        done.push("fidelity");
+    }
     if done.is_empty() {
         bail!(
-            "{} holds no results of `adp reproduce` (transfer.json, detect.json, ed-histogram.json, tsne.json, tableN.json or report.json)",
+            "{} holds no results of `adp reproduce` (transfer.json, detect.json, ed-histogram.json, tsne.json, tableN.json, report.json or fidelity.json)",
             dir.display()
         );
     }

@@ -204,6 +204,22 @@ fn reproduce_fidelity_tiny_measures_the_selected_rows_and_reuses_them() {
         csv_before
     );
 
+    // `adp report` redraws the grid's files from its JSON alone.
+    for ext in ["md", "csv", "png", "svg"] {
+        std::fs::remove_file(out.join(format!("fidelity.{ext}"))).unwrap();
+    }
+    let o = adp_ok(&["report", out.to_str().unwrap()]);
+    assert!(
+        common::stdout(&o).contains("fidelity"),
+        "{}",
+        common::stdout(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("fidelity.csv")).unwrap(),
+        csv_before
+    );
+    assert!(out.join("fidelity.png").exists());
+
     let mut bad = reproduce_tiny_args("fidelity", data(), &out);
     bad.extend(["--rows", "resnet"]);
     assert_one_error(&adp(&bad), "no row named 'resnet'", "--rows resnet");
