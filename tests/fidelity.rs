@@ -80,22 +80,8 @@ fn augmentation_and_the_per_pixel_mean_change_mnist_training() {
 
 #[test]
 fn a_per_pixel_mean_run_exports_and_imports_with_the_same_normalisation() {
+    train_with("centred-export", &["--normalize", "mean"]);
     let out = scratch().join("centred-export");
-    adp_ok(&[
-        "train",
-        "--model",
-        "cnn",
-        "--members",
-        "2",
-        "--epochs",
-        "1",
-        "--normalize",
-        "mean",
-        "--data-dir",
-        data().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
     let file = scratch().join("centred.safetensors");
     adp_ok(&[
         "export",
