@@ -9,7 +9,8 @@
 //! [`Objective::Official`]), and with APGD-CE at ε = 0.1 (Croce & Hein, 2020). Each accuracy
 //! comes with its binomial standard error; the headline rows are trained with several seeds.
 //!
-//! Runs live in `OUT/ROW/` (seed 0) and `OUT/ROW-seedN/`; a finished run is reused and an
+//! The first seed of every row runs before the repeats of the headline rows. Runs live in
+//! `OUT/ROW/` (seed 0) and `OUT/ROW-seedN/`; a finished run is reused and an
 //! interrupted one resumed, and an evaluation already saved next to a run for the same attacks is
 //! read back instead of recomputed.
 
@@ -199,8 +200,14 @@ pub fn run_fidelity(
     let clean_set = test.take(config.base.clean_examples);
     let attack_set = test.take(config.base.attack_examples);
     let mut results = Vec::new();
-    for row in &config.rows {
-        for &seed in &row.seeds {
+    // The first seed of every row before any row's repeats, so that a grid cut short has
+    // measured every row once.
+    let passes = config.rows.iter().map(|r| r.seeds.len()).max().unwrap_or(0);
+    for pass in 0..passes {
+        for row in &config.rows {
+            let Some(&seed) = row.seeds.get(pass) else {
+                continue;
+            };
             for &(alpha, beta) in &config.methods {
                 let tc = method_config(&row.train, seed, alpha, beta);
                 let dir = config.row_dir(out, row, seed);
