@@ -23,7 +23,7 @@ use crate::attack::{AttackKind, AttackSpec, Objective};
 use crate::data::{Dataset, Normalization};
 use crate::eval::EvalReport;
 use crate::model::ModelKind;
-use crate::reproduce::{Preset, ReproduceConfig, evaluate_method, load_or_fetch_test};
+use crate::reproduce::{ReproduceConfig, evaluate_method, load_or_fetch_test};
 use crate::train::TrainConfig;
 
 /// One training configuration of the grid.
@@ -42,8 +42,6 @@ pub struct FidelityRow {
 /// Everything that defines the grid; saved as `OUT/fidelity.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FidelityConfig {
-    /// Preset the base configuration came from.
-    pub preset: Preset,
     /// The preset's reproduction (data set, budget, test images, batch size).
     pub base: ReproduceConfig,
     /// The methods as (α, β): ECE and ADP_{2,0.5}.
@@ -54,14 +52,13 @@ pub struct FidelityConfig {
     pub attacks: Vec<AttackSpec>,
 }
 
-/// The rows and the seeds of the headline rows.
+/// The seeds of the headline rows (`default`, `resnet20`).
 const HEADLINE_SEEDS: [u64; 2] = [0, 1];
 
 impl FidelityConfig {
     /// The grid over `base`'s configuration.
     pub fn new(base: ReproduceConfig) -> Self {
         let t = base.train.clone();
-        let images = |c: &TrainConfig| c.train_limit.map(|n| n * 3);
         let row = |name: &str, change: &str, train: TrainConfig, headline: bool| FidelityRow {
             name: name.into(),
             change: change.into(),
@@ -70,10 +67,7 @@ impl FidelityConfig {
             } else {
                 vec![t.seed]
             },
-            train: TrainConfig {
-                seed: t.seed,
-                ..train
-            },
+            train,
         };
         let augment = TrainConfig {
             augment: true,
@@ -85,7 +79,7 @@ impl FidelityConfig {
         };
         let budget = TrainConfig {
             // The paper trains on all 60,000 images; three times the preset's share, capped there.
-            train_limit: images(&t).filter(|&n| n < 60_000),
+            train_limit: t.train_limit.map(|n| n * 3).filter(|&n| n < 60_000),
             ..t.clone()
         };
         let resnet = TrainConfig {
@@ -142,7 +136,6 @@ impl FidelityConfig {
             AttackSpec::new(AttackKind::ApgdCe, 0.1),
         ];
         Self {
-            preset: base.preset,
             methods: vec![(0.0, 0.0), (2.0, 0.5)],
             base,
             rows,
@@ -410,7 +403,7 @@ pub fn markdown(config: &FidelityConfig, results: &[FidelityResult]) -> String {
     let mut s = format!(
         "# Fidelity grid ({:?} preset)\n\nBase: {}. Errors on {} test images, accuracies under attack on the first {attacked}; \
          each cell is the mean over seeds ± the binomial standard error of one run, with the seeds' range when there are several.\n\n",
-        config.preset,
+        config.base.preset,
         crate::reproduce::training_summary(&config.base),
         config.base.clean_examples,
     );
