@@ -284,7 +284,7 @@ impl FigureResults {
             "# {name} on {} ({:?} preset)\n\n{}; the first {} test images{}.\n\n{body}\n![{name}]({name}.png)\n",
             config.reproduce.dataset.name(),
             config.reproduce.preset,
-            training_summary(&config.reproduce),
+            training_summary(&config.reproduce.train),
             config.examples,
             if attacks.is_empty() {
                 String::new()

@@ -578,7 +578,7 @@ impl TableResults {
             self.table.title(),
             self.dataset.name(),
             rc.preset,
-            training_summary(rc),
+            training_summary(&rc.train),
             self.table.title(),
         );
         let mut rule = String::from("\n|---|---|");
