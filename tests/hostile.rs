@@ -280,6 +280,20 @@ fn a_resume_with_another_member_count_writes_nothing() {
     assert_one_error(&o, "`members` is 2", "resume with members = 3");
     assert!(stderr(&o).contains("model.toml"), "{}", stderr(&o));
     assert!(snapshot(&run) == before, "the refused resume wrote files");
+
+    // What is not in model.toml is checked against the checkpoint's manifest.
+    let run = unfinished_copy("seed-changed");
+    edit_toml(&run.join("config.toml"), |t| {
+        t.insert("seed".into(), 4.into());
+    });
+    let before = snapshot(&run);
+    let o = adp(&["train", "--resume", s(&run)]);
+    assert_one_error(
+        &o,
+        "`seed` is 4, but the checkpoint was trained with 3",
+        "seed 4",
+    );
+    assert!(snapshot(&run) == before, "the refused resume wrote files");
 }
 
 #[test]

@@ -105,6 +105,7 @@ impl From<TorchTensor> for Deferred {
 /// The tensors of a PyTorch checkpoint (`torch.save` of a state dict, any of torch's container
 /// formats) by name, dtype and shape, read with burn-store's reader; no storage is inflated.
 pub fn read_pt_deferred(path: &Path) -> Result<Vec<Deferred>> {
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     // A FIFO or device would block or never end; burn-store opens the path itself.
     crate::io::open_regular(path)?;
     let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);

@@ -284,6 +284,26 @@ impl TrainConfig {
         section(self.adp.validate(), "adp")
     }
 
+    /// This configuration with the training schedule of `other`: `epochs`, `batch_size`, the
+    /// learning rates (`lr`, `lr_drops`, `lr_drop_factor`, `member_lr`), `freeze`, `l2`,
+    /// `device` and `data_dir`. A resume may change these (to train longer, say); everything else
+    /// defines the model, its data or its objective and must match the checkpoint.
+    pub fn with_schedule_of(&self, other: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            epochs: other.epochs,
+            batch_size: other.batch_size,
+            lr: other.lr,
+            lr_drops: other.lr_drops.clone(),
+            lr_drop_factor: other.lr_drop_factor,
+            member_lr: other.member_lr.clone(),
+            freeze: other.freeze.clone(),
+            l2: other.l2,
+            device: other.device,
+            data_dir: other.data_dir.clone(),
+            ..self.clone()
+        }
+    }
+
     /// Learning rate of member `k` during `epoch` (0-based).
     pub fn lr_at(&self, epoch: usize, k: usize) -> f64 {
         let drops = self.lr_drops.iter().filter(|&&d| epoch >= d).count() as i32;
@@ -601,10 +621,12 @@ fn check_resume(config: &TrainConfig, spec: &ModelSpec, run: &Path) -> Result<Op
     };
     let manifest_path = newest.dir.join("manifest.json");
     let manifest: Manifest = crate::io::read_json(&manifest_path)?;
-    if let Some((field, was, now)) = crate::io::first_difference(&manifest.config, config)? {
+    let trained = manifest.config.with_schedule_of(config);
+    if let Some((field, was, now)) = crate::io::first_difference(&trained, config)? {
         bail!(
-            "{}: `{field}` is {now}, but the checkpoint was trained with {was} ({}); restore \
-             config.toml, or train a new run with --out",
+            "{}: `{field}` is {now}, but the checkpoint was trained with {was} ({}); only the \
+             schedule (epochs, learning rates, freezing, l2, batch size, device, data_dir) may \
+             change on a resume. Restore config.toml, or train a new run with --out",
             config_path.display(),
             manifest_path.display()
         );
