@@ -303,6 +303,11 @@ impl FigureResults {
 /// `table5.json`, and the Table 1-2 comparison's `report.json`), without training or attacking;
 /// returns the names of the rebuilt experiments.
 pub fn rebuild(dir: &Path) -> Result<Vec<&'static str>> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} does not exist or is not a directory; pass an output directory of `adp reproduce`",
+        dir.display()
+    );
     let mut done = Vec::new();
     for figure in Figure::ALL {
         let name = figure.name();

@@ -16,6 +16,7 @@ pub mod experiments;
 pub mod fidelity;
 pub mod interop;
 pub mod io;
+pub mod lock;
 pub mod loss;
 pub mod model;
 pub mod report;

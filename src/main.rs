@@ -105,7 +105,7 @@ struct TrainArgs {
     /// divergence of the members, the App. B.1 ablation).
     #[arg(long, value_enum, default_value = "log-det")]
     diversity: Diversity,
-    /// Number of members K (>= 2).
+    /// Number of members K (2 to 100, `adp::model::MAX_MEMBERS`).
     #[arg(long, default_value_t = 3)]
     members: usize,
     /// Member architecture.
@@ -745,14 +745,20 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         },
         device,
     ) = load_for_eval(&a.run, &a.on)?;
+    // eval.json and eval.csv are written into the run: hold it until they are.
+    let _lock = adp::lock::RunLock::acquire(&a.run, "eval")?;
     let on = &a.on;
     let mut report = EvalReport {
         label: config.label(),
         clean: clean(&model, &test, on.batch_size, &device),
         robust: Vec::new(),
     };
+    eprintln!(
+        "clean: ensemble error {:.2}%",
+        100.0 * report.clean.ensemble_error
+    );
     for spec in &specs {
-        report.robust.push(robust(
+        let r = robust(
             &model,
             &test,
             spec,
@@ -760,13 +766,21 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             on.batch_size,
             on.seed,
             &device,
-        )?);
+        )?;
+        eprintln!("{}: accuracy {:.2}%", r.description, 100.0 * r.accuracy);
+        report.robust.push(r);
     }
-    report.save(&a.run)?;
+    // Printed before saving: a failed save (a full disk) loses no result.
     println!(
         "{}",
         adp::report::comparison_markdown(std::slice::from_ref(&report))
     );
+    report.save(&a.run).with_context(|| {
+        format!(
+            "the results printed above were not saved to {}",
+            a.run.join("eval.json").display()
+        )
+    })?;
     println!("written to {}/eval.json and eval.csv", a.run.display());
     Ok(())
 }
@@ -775,6 +789,7 @@ fn run_attack(a: AttackArgs) -> Result<()> {
     let spec = a.params.spec(a.attack, a.eps);
     spec.validate()?;
     let (Loaded { model, test, .. }, device) = load_for_eval(&a.run, &a.on)?;
+    let _lock = adp::lock::lock_if_inside(&a.run, &a.out, "attack")?;
     let on = &a.on;
     let set = attack_dataset(
         &model,

@@ -254,6 +254,9 @@ pub fn evaluate_method(
     batch_size: usize,
     device: &burn::prelude::Device,
 ) -> Result<EvalReport> {
+    // Held through training, evaluation and saving: the run is this process's until its
+    // results are saved (the lock is re-entrant, so `train` takes it again).
+    let _lock = crate::lock::RunLock::acquire(&out.join(run_name(tc)), "reproduce")?;
     let run = train_or_reuse(tc, out)?;
     let (_, model) = load_run(&run, device)?;
     let model = model.valid();

@@ -17,37 +17,13 @@ use adp::eval::robust;
 use adp::train::checkpoint::load_run;
 use burn::module::Module;
 use burn::prelude::*;
-use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout};
+use common::{
+    adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout, synthetic_data,
+    train_args,
+};
 
-/// 1200 training and 300 test images of the synthetic set, written once.
 fn data_dir() -> PathBuf {
-    static DONE: OnceLock<PathBuf> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = scratch().join("data");
-        write_synthetic_mnist(&dir, 1200, 300, 7).unwrap();
-        dir
-    })
-    .clone()
-}
-
-fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--model",
-        "cnn",
-        "--members",
-        "2",
-        "--epochs",
-        epochs,
-        "--lr-drops",
-        "2",
-        "--seed",
-        "3",
-        "--data-dir",
-        data,
-        "--out",
-        out,
-    ]
+    synthetic_data()
 }
 
 /// A run trained once by the binary (2 CNN members, 2 epochs) and shared by the tests.

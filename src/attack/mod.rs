@@ -583,8 +583,13 @@ impl LinfBudget {
     }
 
     /// A uniform random point of the ε-ball around `x0`, projected onto `[0, 1]` (the random
-    /// start of PGD, Madry et al., 2018).
+    /// start of PGD, Madry et al., 2018). For ε = 0 the ball is the point `x0` itself, and no
+    /// random number is drawn: every L∞ attack at ε = 0 returns its input, so its accuracy is the
+    /// clean accuracy.
     pub fn random_point(&self, x0: &Tensor<4>) -> Tensor<4> {
+        if self.eps <= 0.0 {
+            return x0.clone();
+        }
         let noise = Tensor::<4>::random(
             x0.shape(),
             Distribution::Uniform(-self.eps, self.eps),

@@ -92,7 +92,7 @@ pub fn verify(dir: &Path, kind: DatasetKind) -> Result<()> {
                 dir.display()
             )
         })?;
-        let got = sha256_hex(&read_maybe_gz(&path)?);
+        let got = sha256_hex(&read_maybe_gz(&path, super::idx::MAX_IDX_FILE)?);
         if got != sum {
             bail!(
                 "{} has SHA-256 {got}, expected {sum}: the file is corrupt or not {}; delete it and run `adp data fetch {}` again",

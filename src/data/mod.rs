@@ -257,8 +257,8 @@ pub fn load_idx_dataset(dir: &Path, kind: DatasetKind, split: Split) -> Result<D
     };
     let img_path = locate(dir, img_name, kind)?;
     let lbl_path = locate(dir, lbl_name, kind)?;
-    let images = idx::read_idx(&img_path, 3)?;
-    let labels = idx::read_idx(&lbl_path, 1)?;
+    let images = idx::read_idx_expecting(&img_path, &[28, 28])?;
+    let labels = idx::read_idx_expecting(&lbl_path, &[])?;
     let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);
     let hint = || {
         format!(

@@ -212,7 +212,7 @@ impl AttackedSet {
             .collect::<Result<_, safetensors::SafeTensorError>>()?;
         let meta =
             std::collections::HashMap::from([("attack".to_string(), self.description.clone())]);
-        let bytes = safetensors::serialize(views, Some(meta))?;
+        let bytes = crate::io::canonical_safetensors(safetensors::serialize(views, Some(meta))?)?;
         crate::io::atomic_write(path, &bytes)
     }
 }

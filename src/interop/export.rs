@@ -39,6 +39,7 @@ pub fn reference_path(out: &Path) -> PathBuf {
 /// Exports the trained ensemble of `run`; returns its description.
 pub fn export_run(run: &Path, opts: &ExportOptions, device: &Device) -> Result<ExportMeta> {
     let (spec, model) = load_run(run, device)?;
+    let _lock = crate::lock::lock_if_inside(run, &opts.out, "export")?;
     let config_path = run.join("config.toml");
     let config: Option<TrainConfig> = if config_path.exists() {
         Some(crate::io::read_toml(&config_path)?)

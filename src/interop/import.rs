@@ -10,12 +10,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 
-use super::files::read_weights;
-use super::layout::{check_layout, infer, load_state_dict, state_dict};
+use super::files::{Deferred, read_weights_deferred};
+use super::layout::{
+    TorchTensor, check_layout, check_names_and_shapes, infer, load_state_dict, state_dict,
+};
 use crate::data::DatasetKind;
 use crate::model::{MemberConfig, ModelKind};
 use crate::train::checkpoint::{ModelSpec, save_model};
 use crate::train::{Method, TrainConfig};
+
+/// The most entries of a normalisation buffer (a per-pixel mean of the largest input, CIFAR's
+/// 3×32×32), checked before the buffer is read.
+const MAX_NORM_ENTRIES: usize = 3 * 32 * 32;
 
 /// What `adp import` reads and writes.
 #[derive(Debug, Clone)]
@@ -42,8 +48,37 @@ pub fn import_file(opts: &ImportOptions, device: &Device) -> Result<ModelSpec> {
         "{} already holds a run; choose another --out",
         opts.out.display()
     );
-    let (tensors, meta) = read_weights(file)?;
-    let found = infer(&tensors).with_context(|| format!("cannot import {}", file.display()))?;
+    // Names and shapes first: no storage is inflated before they fit an ensemble adp builds.
+    // Only the small normalisation buffers, which say what the ensemble is, are read for that.
+    let (deferred, meta) = read_weights_deferred(file)?;
+    let mut headers = Vec::with_capacity(deferred.len());
+    let mut rest = Vec::with_capacity(deferred.len());
+    for d in deferred {
+        if d.header.name.contains(".norm.") {
+            ensure!(
+                d.header.numel() <= MAX_NORM_ENTRIES,
+                "{}: {} has shape {:?}; a normalisation buffer has at most {MAX_NORM_ENTRIES} entries",
+                file.display(),
+                d.header.name,
+                d.header.shape
+            );
+            let t = d
+                .load()
+                .with_context(|| format!("{} is truncated or corrupt", file.display()))?;
+            headers.push(t.clone());
+            rest.push(Deferred::from(t));
+        } else {
+            let h = &d.header;
+            headers.push(TorchTensor {
+                name: h.name.clone(),
+                dtype: h.dtype.clone(),
+                shape: h.shape.clone(),
+                data: Vec::new(),
+            });
+            rest.push(d);
+        }
+    }
+    let found = infer(&headers).with_context(|| format!("cannot import {}", file.display()))?;
     if let Some(kind) = opts.model {
         ensure!(
             kind == found.kind,
@@ -109,7 +144,8 @@ pub fn import_file(opts: &ImportOptions, device: &Device) -> Result<ModelSpec> {
         },
     };
     let fresh = spec.init(device);
-    check_layout(&state_dict(&fresh, &spec.member)?, &tensors).with_context(|| {
+    let expected = state_dict(&fresh, &spec.member)?;
+    let not_ours = || {
         format!(
             "{} is not a {}-member {:?} ensemble for {} as interop/adp_models.py builds it",
             file.display(),
@@ -117,8 +153,23 @@ pub fn import_file(opts: &ImportOptions, device: &Device) -> Result<ModelSpec> {
             spec.member.kind,
             dataset.name()
         )
-    })?;
+    };
+    check_names_and_shapes(&expected, &headers).with_context(not_ours)?;
+    let tensors = rest
+        .into_iter()
+        .map(|d| {
+            d.load()
+                .with_context(|| format!("{} is truncated or corrupt", file.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    check_layout(&expected, &tensors).with_context(not_ours)?;
     let model = load_state_dict(fresh, tensors)?;
+    let _lock = crate::lock::RunLock::acquire(&opts.out, "import")?;
+    ensure!(
+        !opts.out.join("model.toml").exists(),
+        "{} already holds a run; choose another --out",
+        opts.out.display()
+    );
     write_run(opts, file, dataset, &spec, &model)?;
     Ok(spec)
 }
@@ -142,7 +193,9 @@ fn write_run(
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     // model.toml last: it is what marks a directory as a run.
-    save_model(model, &opts.out.join("model.safetensors"))?;
+    let sha = save_model(model, &opts.out.join("model.safetensors"))?;
+    let manifest = crate::train::Manifest::new(&config, 0, [("model.safetensors", sha)]);
+    crate::io::write_json(&opts.out.join("manifest.json"), &manifest)?;
     crate::io::write_toml(&opts.out.join("config.toml"), &config)?;
     crate::io::write_toml(&opts.out.join("model.toml"), spec)
 }

@@ -221,6 +221,11 @@ pub fn infer(tensors: &[TorchTensor]) -> Result<Inferred> {
     );
     let members = indices.len();
     ensure!(
+        members <= crate::model::MAX_MEMBERS,
+        "the state dict holds {members} members; adp takes at most {}",
+        crate::model::MAX_MEMBERS
+    );
+    ensure!(
         indices.iter().copied().eq(0..members),
         "the members are numbered {indices:?}; expected members.0 to members.{}",
         members - 1
@@ -295,6 +300,16 @@ pub fn infer(tensors: &[TorchTensor]) -> Result<Inferred> {
 /// Checks that `found` has exactly the names, shapes and dtypes of `expected`; the error lists
 /// every offending tensor.
 pub fn check_layout(expected: &[TorchTensor], found: &[TorchTensor]) -> Result<()> {
+    check(expected, found, true)
+}
+
+/// [`check_layout`] on names, shapes and dtypes only: for tensors whose data has not been read
+/// yet (it is then read only if they fit).
+pub fn check_names_and_shapes(expected: &[TorchTensor], found: &[TorchTensor]) -> Result<()> {
+    check(expected, found, false)
+}
+
+fn check(expected: &[TorchTensor], found: &[TorchTensor], with_data: bool) -> Result<()> {
     let want: BTreeMap<&str, &TorchTensor> =
         expected.iter().map(|t| (t.name.as_str(), t)).collect();
     let have: BTreeMap<&str, &TorchTensor> = found.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -313,12 +328,13 @@ pub fn check_layout(expected: &[TorchTensor], found: &[TorchTensor]) -> Result<(
             Some(h) if !matches!(h.dtype, TorchDtype::I64 | TorchDtype::F32) => problems.push(
                 format!("{name} is {}, expected {}", h.dtype.name(), w.dtype.name()),
             ),
-            Some(h) if h.dtype.size().map(|s| s * h.numel()) != Some(h.data.len()) => problems
-                .push(format!(
+            Some(h) if with_data && h.dtype.size().map(|s| s * h.numel()) != Some(h.data.len()) => {
+                problems.push(format!(
                     "{name} holds {} bytes, not {} for its shape",
                     h.data.len(),
                     h.numel() * h.dtype.size().unwrap_or(0)
-                )),
+                ))
+            }
             Some(_) => {}
         }
     }

@@ -18,6 +18,11 @@ pub use cnn::Cnn;
 pub use ensemble::{Ensemble, EnsembleOutput};
 pub use resnet::ResNet;
 
+/// The most members an ensemble may have. Training memory grows linearly with K (weights, Adam
+/// state and activations of every member at once); 100 ResNet-20 members need several GB at the
+/// paper's batch size, while the paper uses 2 to 5.
+pub const MAX_MEMBERS: usize = 100;
+
 /// Architecture of each ensemble member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -10,19 +10,29 @@
 //! RUN_DIR/latest.json             the newest complete checkpoint (written last, atomically)
 //! RUN_DIR/history.csv             one row of training metrics per epoch
 //! RUN_DIR/model.safetensors       the final weights
+//! RUN_DIR/manifest.json           the final model's manifest
+//! RUN_DIR/lock                    the lock of the process writing the run ([`crate::lock`])
 //! ```
 //! A checkpoint directory is filled under a temporary name and renamed when complete, and
 //! `latest.json` is replaced only after that, so a run killed at any instant resumes from the last
-//! complete epoch.
+//! complete epoch. `latest.json` is a pointer for people and tools: the newest complete
+//! `checkpoint/epoch-*` is what a resume continues from, so losing `latest.json`, or one pointing
+//! at a removed epoch, loses nothing. Every manifest records the SHA-256 of each weight file
+//! beside it, and loading verifies it; the weights are written byte-for-byte deterministically.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Ensemble, MemberConfig};
+use crate::model::{Ensemble, MAX_MEMBERS, MemberConfig};
+use crate::train::TrainConfig;
+
+/// The largest weights file the loaders read (far above any ensemble `adp` builds).
+pub const MAX_WEIGHTS_FILE: u64 = 64 << 30;
 
 /// How to rebuild the ensemble's structure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +48,85 @@ impl ModelSpec {
     pub fn init(&self, device: &Device) -> Ensemble {
         Ensemble::new(&self.member, self.members, device)
     }
+
+    /// Checks that the description can be built and evaluated: 1 to [`MAX_MEMBERS`] members, a
+    /// non-empty input, at least 2 classes, a mean per channel or per pixel and a finite,
+    /// positive std per channel. `file` (the `model.toml` it came from) names the errors.
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let f = file.display();
+        ensure!(
+            (1..=MAX_MEMBERS).contains(&self.members),
+            "{f}: `members` is {}; it must be between 1 and {MAX_MEMBERS}",
+            self.members
+        );
+        let m = &self.member;
+        let [c, h, w] = m.input_shape;
+        ensure!(
+            c > 0 && h > 0 && w > 0 && c <= 4 && h <= 4096 && w <= 4096,
+            "{f}: `member.input_shape` {:?} is not an image shape [channels, height, width]",
+            m.input_shape
+        );
+        ensure!(
+            (2..=100_000).contains(&m.num_classes),
+            "{f}: `member.num_classes` is {}; it must be at least 2",
+            m.num_classes
+        );
+        ensure!(
+            m.mean.len() == c || m.mean.len() == c * h * w,
+            "{f}: `member.mean` has {} entries; it needs {c} (one per channel) or {} (one per pixel)",
+            m.mean.len(),
+            c * h * w
+        );
+        ensure!(
+            m.std.len() == c,
+            "{f}: `member.std` has {} entries; it needs {c} (one per channel)",
+            m.std.len()
+        );
+        ensure!(
+            m.mean.iter().all(|v| v.is_finite()),
+            "{f}: `member.mean` holds a value that is not finite"
+        );
+        ensure!(
+            m.std.iter().all(|s| s.is_finite() && *s > 0.0),
+            "{f}: `member.std` must be finite and > 0, got {:?}",
+            m.std
+        );
+        Ok(())
+    }
+
+    /// Checks that a run's `config.toml` describes this ensemble (members, architecture, the data
+    /// set's image shape and classes); `run` names the files in the error.
+    pub fn check_config(&self, config: &TrainConfig, run: &Path) -> Result<()> {
+        let (cfg, spec) = (
+            run.join("config.toml").display().to_string(),
+            run.join("model.toml").display().to_string(),
+        );
+        ensure!(
+            config.members == self.members,
+            "{cfg}: `members` is {} but {spec} says {}; the files belong to different runs",
+            config.members,
+            self.members
+        );
+        ensure!(
+            config.model == self.member.kind,
+            "{cfg}: `model` is {:?} but {spec} says {:?}; the files belong to different runs",
+            config.model,
+            self.member.kind
+        );
+        let d = config.dataset;
+        ensure!(
+            d.input_shape() == self.member.input_shape
+                && d.num_classes() == self.member.num_classes,
+            "{cfg}: `dataset` is {} ({:?} images, {} classes) but {spec} describes {:?} images \
+             and {} classes; the files belong to different runs",
+            d.name(),
+            d.input_shape(),
+            d.num_classes(),
+            self.member.input_shape,
+            self.member.num_classes
+        );
+        Ok(())
+    }
 }
 
 /// Pointer to the newest complete checkpoint.
@@ -49,36 +138,102 @@ pub struct Latest {
     pub dir: PathBuf,
 }
 
-/// Saves the ensemble's weights as safetensors.
-pub fn save_model(model: &Ensemble, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    let mut store = SafetensorsStore::from_file(&tmp).metadata("format", "adp-ensemble");
-    model
-        .save_into(&mut store)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+/// The SHA-256 of the weight files of a directory, as its `manifest.json` records them.
+#[derive(Debug, Default, Deserialize)]
+struct Hashes {
+    #[serde(default)]
+    sha256: BTreeMap<String, String>,
+}
+
+/// Checks `bytes`, read from `path`, against the SHA-256 that the `manifest.json` beside it
+/// records (runs written before hashes were recorded have none, and pass).
+pub fn verify_sha256(path: &Path, bytes: &[u8]) -> Result<()> {
+    verify_with(path, || Ok(crate::io::sha256_hex(bytes)))
+}
+
+/// Checks the file `path` against the SHA-256 its directory's `manifest.json` records.
+pub fn verify_file(path: &Path) -> Result<()> {
+    verify_with(path, || crate::io::sha256_file(path))
+}
+
+fn verify_with(path: &Path, hash: impl FnOnce() -> Result<String>) -> Result<()> {
+    let manifest = path.with_file_name("manifest.json");
+    if !manifest.exists() {
+        return Ok(());
+    }
+    let hashes: Hashes = crate::io::read_json(&manifest)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let Some(expected) = hashes.sha256.get(name.as_ref()) else {
+        return Ok(());
+    };
+    let got = hash()?;
+    ensure!(
+        &got == expected,
+        "{} is corrupt: its SHA-256 is {got}, but {} records {expected}; restore the file \
+         or resume from an earlier checkpoint",
+        path.display(),
+        manifest.display()
+    );
     Ok(())
 }
 
-/// Loads weights saved by [`save_model`] into an ensemble of the right shape.
+/// The bytes of the ensemble's weights as safetensors, in a canonical order (equal weights give
+/// equal bytes).
+pub fn model_bytes(model: &Ensemble) -> Result<Vec<u8>> {
+    let mut store = SafetensorsStore::from_bytes(None).metadata("format", "adp-ensemble");
+    model
+        .save_into(&mut store)
+        .context("cannot serialise the weights")?;
+    let bytes = store.get_bytes().context("cannot serialise the weights")?;
+    crate::io::canonical_safetensors(bytes)
+}
+
+/// Saves the ensemble's weights as safetensors (atomically); returns the file's SHA-256.
+pub fn save_model(model: &Ensemble, path: &Path) -> Result<String> {
+    let bytes = model_bytes(model)?;
+    crate::io::atomic_write(path, &bytes)?;
+    Ok(crate::io::sha256_hex(&bytes))
+}
+
+/// Loads weights saved by [`save_model`] into an ensemble of the right shape, after checking
+/// the file's SHA-256 against the manifest beside it.
 pub fn load_model(mut model: Ensemble, path: &Path) -> Result<Ensemble> {
-    let mut store = SafetensorsStore::from_file(path);
-    let result = model.load_from(&mut store).with_context(|| {
+    let bytes = crate::io::read_regular(path, MAX_WEIGHTS_FILE)?;
+    verify_sha256(path, &bytes)?;
+    safetensors::SafeTensors::deserialize(&bytes).with_context(|| {
         format!(
-            "cannot read weights from {}: the file is missing or corrupt",
+            "{} is not a valid safetensors file (truncated or corrupt)",
             path.display()
         )
     })?;
-    anyhow::ensure!(
-        result.errors.is_empty() && result.missing.is_empty(),
-        "{} does not match the ensemble described by model.toml ({} missing tensors, {} errors{})",
-        path.display(),
+    let mismatch = || {
+        format!(
+            "{} does not hold the ensemble that model.toml describes (members, architecture, \
+             classes or input shape differ)",
+            path.display()
+        )
+    };
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let result = model.load_from(&mut store).with_context(mismatch)?;
+    ensure!(
+        result.errors.is_empty() && result.missing.is_empty() && result.unused.is_empty(),
+        "{}: {} missing tensors, {} unexpected, {} errors{}",
+        mismatch(),
         result.missing.len(),
+        result.unused.len(),
         result.errors.len(),
         result
             .errors
             .first()
             .map(|e| format!(", first: {e:?}"))
+            .or(result
+                .missing
+                .first()
+                .map(|m| format!(", first missing: {}", m.0)))
+            .or(result
+                .unused
+                .first()
+                .map(|u| format!(", first unexpected: {u}")))
             .unwrap_or_default()
     );
     Ok(model)
@@ -89,69 +244,130 @@ pub fn checkpoint_dir(run: &Path, epoch: usize) -> PathBuf {
     run.join("checkpoint").join(format!("epoch-{epoch:04}"))
 }
 
+/// The files every complete checkpoint holds (besides one `optim-K.bpk` per member).
+pub const CHECKPOINT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "model.bpk",
+    "state.json",
+    "manifest.json",
+];
+
+/// One `checkpoint/epoch-N` directory of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// Finished epochs N.
+    pub epoch: usize,
+    /// The directory.
+    pub dir: PathBuf,
+    /// The first of [`CHECKPOINT_FILES`] it lacks, if any.
+    pub lacks: Option<&'static str>,
+}
+
+/// Every `checkpoint/epoch-N` directory of `run` (temporary `.tmp` ones excluded), oldest first.
+pub fn checkpoints(run: &Path) -> Result<Vec<Found>> {
+    let root = run.join("checkpoint");
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in
+        std::fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(epoch) = name
+            .strip_prefix("epoch-")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let lacks = CHECKPOINT_FILES
+            .into_iter()
+            .find(|f| !dir.join(f).is_file());
+        found.push(Found { epoch, dir, lacks });
+    }
+    found.sort_by_key(|f| f.epoch);
+    Ok(found)
+}
+
 /// Moves a fully written temporary checkpoint into place and points `latest.json` at it;
-/// keeps the two newest checkpoints.
+/// keeps the two newest checkpoints. Refuses to replace an existing checkpoint of that epoch.
 pub fn commit_checkpoint(run: &Path, tmp: &Path, epoch: usize) -> Result<()> {
     let dir = checkpoint_dir(run, epoch);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    ensure!(
+        !dir.exists(),
+        "{} already exists; move it out of {} before resuming",
+        dir.display(),
+        run.display()
+    );
     std::fs::rename(tmp, &dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let rel = dir.strip_prefix(run).unwrap_or(&dir).to_path_buf();
     crate::io::write_json(&run.join("latest.json"), &Latest { epoch, dir: rel })?;
-    let mut old: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoint"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p != &dir
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("epoch-"))
-        })
-        .collect();
-    old.sort();
+    let old = checkpoints(run)?;
+    let old: Vec<&Found> = old.iter().filter(|f| f.epoch < epoch).collect();
     let keep_from = old.len().saturating_sub(1);
-    for p in &old[..keep_from] {
-        std::fs::remove_dir_all(p).ok();
+    for f in &old[..keep_from] {
+        std::fs::remove_dir_all(&f.dir).ok();
     }
     Ok(())
 }
 
-/// The newest complete checkpoint of a run, if any.
+/// The newest complete checkpoint of a run, if any: the newest `checkpoint/epoch-N` holding
+/// every file of [`CHECKPOINT_FILES`], whatever `latest.json` says (it may be lost or stale).
 pub fn latest(run: &Path) -> Result<Option<Latest>> {
-    let path = run.join("latest.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path)?;
-    let latest: Latest = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is corrupt; delete it to restart from scratch",
-            path.display()
-        )
-    })?;
-    Ok(Some(latest))
+    Ok(checkpoints(run)?
+        .into_iter()
+        .rev()
+        .find(|f| f.lacks.is_none())
+        .map(|f| Latest {
+            epoch: f.epoch,
+            dir: f.dir.strip_prefix(run).unwrap_or(&f.dir).to_path_buf(),
+        }))
 }
 
-/// Rebuilds a trained ensemble from a run directory: the final model if training finished,
-/// otherwise the newest checkpoint.
-pub fn load_run(run: &Path, device: &Device) -> Result<(ModelSpec, Ensemble)> {
+/// Reads a run's `model.toml` and checks it on its own and against `config.toml`, when there is
+/// one.
+pub fn read_spec(run: &Path) -> Result<ModelSpec> {
+    ensure!(
+        run.exists(),
+        "{} does not exist; train a run there with `adp train --out {}`",
+        run.display(),
+        run.display()
+    );
     let spec_path = run.join("model.toml");
-    anyhow::ensure!(
+    ensure!(
         spec_path.exists(),
         "{} is not a run directory (no model.toml); train one with `adp train --out {}`",
         run.display(),
         run.display()
     );
     let spec: ModelSpec = crate::io::read_toml(&spec_path)?;
+    spec.validate(&spec_path)?;
+    let config_path = run.join("config.toml");
+    if config_path.exists() {
+        let config: TrainConfig = crate::io::read_toml(&config_path)?;
+        spec.check_config(&config, run)?;
+    }
+    Ok(spec)
+}
+
+/// Rebuilds a trained ensemble from a run directory: the final model if training finished,
+/// otherwise the newest checkpoint. `model.toml`, `config.toml` and the weights are checked
+/// against each other first.
+pub fn load_run(run: &Path, device: &Device) -> Result<(ModelSpec, Ensemble)> {
+    let spec = read_spec(run)?;
     let final_path = run.join("model.safetensors");
     let weights = if final_path.exists() {
         final_path
     } else {
-        let latest = latest(run)?.with_context(|| {
-            format!(
-                "{} has no finished model and no checkpoint yet",
+        let Some(latest) = latest(run)? else {
+            bail!(
+                "{} has no finished model and no complete checkpoint yet",
                 run.display()
-            )
-        })?;
+            );
+        };
         run.join(latest.dir).join("model.safetensors")
     };
     let model = load_model(spec.init(device), &weights)?;

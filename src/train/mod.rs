@@ -23,14 +23,17 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::store::ModuleSnapshot;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batcher, Dataset, DatasetKind, Normalization, Split, load_dataset};
 use crate::device::DeviceKind;
 use crate::loss::{AdpConfig, Diversity, adp_loss};
-use crate::model::{Ensemble, MemberConfig, ModelKind};
+use crate::model::{Ensemble, MAX_MEMBERS, MemberConfig, ModelKind};
 use adversarial::{AdvTrainConfig, adversarial_batch};
-use checkpoint::{ModelSpec, checkpoint_dir, commit_checkpoint, latest, save_model};
+use checkpoint::{
+    Latest, ModelSpec, checkpoint_dir, checkpoints, commit_checkpoint, latest, save_model,
+};
 
 /// The burn release `adp` is built against (kept in step with Cargo.toml).
 pub const BURN_VERSION: &str = "0.22.1";
@@ -200,51 +203,105 @@ impl TrainConfig {
 
     /// Checks every option, with one message naming the option and the fix.
     pub fn validate(&self) -> Result<()> {
-        if let Some(file) = &self.imported_from {
+        self.validate_in(None)
+    }
+
+    /// [`Self::validate`] for a configuration read from `file` (a run's `config.toml`): the
+    /// messages name the file's fields rather than the command-line options.
+    pub fn validate_in(&self, file: Option<&Path>) -> Result<()> {
+        let opt = |flag: &str, field: &str| match file {
+            None => format!("--{flag}"),
+            Some(f) => format!("`{field}` in {}", f.display()),
+        };
+        if let Some(from) = &self.imported_from {
             bail!(
                 "this run holds weights imported from {} by `adp import`; it can be evaluated and attacked, not trained or resumed",
-                file.display()
+                from.display()
             );
         }
         ensure!(
-            self.members >= 2,
-            "--members must be at least 2 (an ensemble), got {}",
+            (2..=MAX_MEMBERS).contains(&self.members),
+            "{} must be at least 2 (an ensemble) and at most {MAX_MEMBERS}, got {}",
+            opt("members", "members"),
             self.members
         );
-        ensure!(self.epochs >= 1, "--epochs must be at least 1");
-        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(
+            self.epochs >= 1,
+            "{} must be at least 1",
+            opt("epochs", "epochs")
+        );
+        ensure!(
+            self.batch_size >= 1,
+            "{} must be at least 1",
+            opt("batch-size", "batch_size")
+        );
         ensure!(
             self.lr.is_finite() && self.lr > 0.0,
-            "--lr must be > 0, got {}",
+            "{} must be > 0, got {}",
+            opt("lr", "lr"),
             self.lr
         );
         ensure!(
             self.lr_drop_factor.is_finite() && self.lr_drop_factor > 0.0,
-            "the learning-rate drop factor must be > 0"
+            "the learning-rate drop factor{} must be > 0",
+            file.map_or(String::new(), |f| format!(
+                " (`lr_drop_factor` in {})",
+                f.display()
+            ))
         );
         ensure!(
             self.l2.is_finite() && self.l2 >= 0.0,
-            "--l2 must be >= 0, got {}",
+            "{} must be >= 0, got {}",
+            opt("l2", "l2"),
             self.l2
         );
         ensure!(
             self.member_lr.is_empty() || self.member_lr.len() == self.members,
-            "--member-lr needs one multiplier per member ({}), got {}",
+            "{} needs one multiplier per member ({}), got {}",
+            opt("member-lr", "member_lr"),
             self.members,
             self.member_lr.len()
         );
         ensure!(
             self.member_lr.iter().all(|m| m.is_finite() && *m > 0.0),
-            "--member-lr multipliers must be > 0"
+            "{} multipliers must be > 0",
+            opt("member-lr", "member_lr")
         );
         ensure!(
             self.train_limit != Some(0),
-            "--train-limit must be at least 1"
+            "{} must be at least 1",
+            opt("train-limit", "train_limit")
         );
+        let section = |r: Result<()>, name: &str| match file {
+            None => r,
+            Some(f) => {
+                r.with_context(|| format!("{} holds an invalid `{name}` section", f.display()))
+            }
+        };
         if let Some(a) = &self.adv_train {
-            a.validate()?;
+            section(a.validate(), "adv_train")?;
         }
-        self.adp.validate()
+        section(self.adp.validate(), "adp")
+    }
+
+    /// This configuration with the training schedule of `other`: `epochs`, `batch_size`, the
+    /// learning rates (`lr`, `lr_drops`, `lr_drop_factor`, `member_lr`), `freeze`, `l2`,
+    /// `device` and `data_dir`. A resume may change these (to train longer, say); everything else
+    /// defines the model, its data or its objective and must match the checkpoint.
+    pub fn with_schedule_of(&self, other: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            epochs: other.epochs,
+            batch_size: other.batch_size,
+            lr: other.lr,
+            lr_drops: other.lr_drops.clone(),
+            lr_drop_factor: other.lr_drop_factor,
+            member_lr: other.member_lr.clone(),
+            freeze: other.freeze.clone(),
+            l2: other.l2,
+            device: other.device,
+            data_dir: other.data_dir.clone(),
+            ..self.clone()
+        }
     }
 
     /// Learning rate of member `k` during `epoch` (0-based).
@@ -294,6 +351,41 @@ pub struct TrainState {
     pub history: Vec<EpochMetrics>,
 }
 
+impl TrainState {
+    /// Checks a state read from `file` against the run: `epoch` finished epochs, one entry per
+    /// member (`members`) in `frozen`, `best_ce` and `stale`, one `history` row per epoch.
+    pub fn check(&self, members: usize, epoch: usize, file: &Path) -> Result<()> {
+        let f = file.display();
+        ensure!(
+            self.epoch == epoch,
+            "{f}: `epoch` is {}, but the checkpoint is the one after epoch {epoch}; the \
+             checkpoint is corrupt",
+            self.epoch
+        );
+        for (field, len) in [
+            ("frozen", self.frozen.len()),
+            ("best_ce", self.best_ce.len()),
+            ("stale", self.stale.len()),
+        ] {
+            ensure!(
+                len == members,
+                "{f}: `{field}` has {len} entries, but the run has {members} members; the \
+                 checkpoint is corrupt"
+            );
+        }
+        ensure!(
+            self.best_ce.iter().all(|c| !c.is_nan()),
+            "{f}: `best_ce` holds NaN; the checkpoint is corrupt"
+        );
+        ensure!(
+            self.history.len() == epoch,
+            "{f}: `history` has {} rows, but {epoch} epochs finished; the checkpoint is corrupt",
+            self.history.len()
+        );
+        Ok(())
+    }
+}
+
 /// Loads the training split of the configured data set.
 pub fn load_train_data(config: &TrainConfig) -> Result<Dataset> {
     let data = load_dataset(&config.data_dir, config.dataset, Split::Train)?;
@@ -303,33 +395,47 @@ pub fn load_train_data(config: &TrainConfig) -> Result<Dataset> {
     })
 }
 
-/// Trains the ensemble described by `config` into `run`, resuming from the newest checkpoint when
-/// `resume` is set. Returns the final (inference-mode) ensemble and the training state.
+/// Trains the ensemble described by `config` into `run`, resuming from the newest complete
+/// checkpoint when `resume` is set. Returns the final (inference-mode) ensemble and the training
+/// state.
+///
+/// The run directory is locked for the whole call ([`crate::lock::RunLock`]). A new run refuses a
+/// directory that already holds any part of a run. A resume checks `config.toml`, `model.toml`
+/// (against the model the data gives now), the checkpoint's manifest, SHA-256 hashes and
+/// `state.json` against each other before it writes anything, and names the file and field of
+/// any mismatch. No checkpoint or final model is written unless every weight and metric of the
+/// epoch is finite.
 pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble, TrainState)> {
-    config.validate()?;
+    let config_path = run.join("config.toml");
+    if resume {
+        config.validate_in(Some(&config_path))?;
+    } else {
+        config.validate()?;
+    }
     let device = config.device.device()?;
     let data = load_train_data(config)?;
     let spec = ModelSpec {
         members: config.members,
         member: member_config(config, &data),
     };
-    let config_path = run.join("config.toml");
-    let prior = if resume { latest(run)? } else { None };
-    if resume {
-        ensure!(
-            config_path.exists(),
-            "{} has no config.toml to resume from",
-            run.display()
-        );
-    } else if config_path.exists() {
-        bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            run.display()
-        );
+    let _lock =
+        crate::lock::RunLock::acquire(run, if resume { "train --resume" } else { "train" })?;
+    let spec_path = run.join("model.toml");
+    let prior = if resume {
+        check_resume(config, &spec, run)?
+    } else {
+        refuse_existing(run)?;
+        None
+    };
+    // Every check has passed: only now is anything written.
+    std::fs::create_dir_all(run.join("checkpoint"))
+        .with_context(|| format!("cannot create {}", run.join("checkpoint").display()))?;
+    if !resume {
+        crate::io::write_toml(&config_path, config)?;
     }
-    std::fs::create_dir_all(run.join("checkpoint"))?;
-    crate::io::write_toml(&config_path, config)?;
-    crate::io::write_toml(&run.join("model.toml"), &spec)?;
+    if !spec_path.exists() {
+        crate::io::write_toml(&spec_path, &spec)?;
+    }
 
     let ad = device.clone().autodiff();
     ad.seed(config.seed);
@@ -345,22 +451,29 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
     };
     if let Some(l) = &prior {
         let dir = run.join(&l.dir);
+        let advice = resume_advice(run, l.epoch)?;
+        let advise = |e: anyhow::Error| anyhow::anyhow!("{e:#}; {advice}");
+        let state_path = dir.join("state.json");
+        state = read_state(&state_path).map_err(advise)?;
+        state
+            .check(config.members, l.epoch, &state_path)
+            .map_err(advise)?;
         // burn's own format keeps the parameter ids that the optimizer states are keyed by.
         let weights = dir.join("model.bpk");
-        model = model.try_load_file(&weights).with_context(|| {
-            format!(
-                "cannot load {}; delete that checkpoint to resume from the one before",
-                weights.display()
-            )
-        })?;
+        checkpoint::verify_file(&weights).map_err(advise)?;
+        model = model
+            .try_load_file(&weights)
+            .with_context(|| format!("cannot load {}", weights.display()))
+            .map_err(advise)?;
         for (k, o) in optims.iter_mut().enumerate() {
             let path = dir.join(format!("optim-{k}.bpk"));
+            checkpoint::verify_file(&path).map_err(advise)?;
             *o = o
                 .clone()
                 .load(&path)
-                .with_context(|| format!("cannot load {}", path.display()))?;
+                .with_context(|| format!("cannot load {}", path.display()))
+                .map_err(advise)?;
         }
-        state = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
         eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
     }
     model = apply_frozen(model, &state.frozen);
@@ -401,12 +514,235 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             metrics.lr,
             metrics.seconds
         );
+        check_finite(&model, &metrics, &data, config, &device).map_err(|what| {
+            let last = last_good(run);
+            anyhow::anyhow!(
+                "epoch {} left the model non-finite ({what}); nothing was saved from it. Last \
+                 good checkpoint: {last}. Lower --lr or check the data",
+                metrics.epoch
+            )
+        })?;
         state.history.push(metrics);
         save_checkpoint(run, config, &model, &optims, &state)?;
         write_history(run, &state.history)?;
     }
-    save_model(&model, &run.join("model.safetensors"))?;
+    if let Some(what) = non_finite_weights(&model) {
+        bail!(
+            "the model is not finite ({what}); {} was not written",
+            run.join("model.safetensors").display()
+        );
+    }
+    let sha = save_model(&model, &run.join("model.safetensors"))?;
+    let manifest = Manifest::new(config, state.epoch, [("model.safetensors", sha)]);
+    crate::io::write_json(&run.join("manifest.json"), &manifest)?;
     Ok((model.valid(), state))
+}
+
+/// Refuses to start a new run in a directory that holds any part of one.
+fn refuse_existing(run: &Path) -> Result<()> {
+    let part = [
+        "config.toml",
+        "model.toml",
+        "model.safetensors",
+        "latest.json",
+    ]
+    .into_iter()
+    .map(|f| run.join(f))
+    .find(|p| p.exists())
+    .or(checkpoints(run)?.into_iter().next().map(|f| f.dir));
+    if let Some(part) = part {
+        bail!(
+            "{} already holds a run ({} exists); pass --resume to continue it or choose another --out",
+            run.display(),
+            part.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks a run before it is resumed, writing nothing: `config.toml` against `config`,
+/// `model.toml` against the model the configuration and data give now, and the newest complete
+/// checkpoint's manifest against `config`. Returns that checkpoint.
+fn check_resume(config: &TrainConfig, spec: &ModelSpec, run: &Path) -> Result<Option<Latest>> {
+    let config_path = run.join("config.toml");
+    ensure!(
+        config_path.exists(),
+        "{} has no config.toml to resume from",
+        run.display()
+    );
+    let saved: TrainConfig = crate::io::read_toml(&config_path)?;
+    if let Some((field, was, now)) = crate::io::first_difference(&saved, config)? {
+        bail!(
+            "{}: `{field}` is {was}, but the resumed run asks for {now}; resume with the saved \
+             configuration, or train a new run with --out",
+            config_path.display()
+        );
+    }
+    let spec_path = run.join("model.toml");
+    if spec_path.exists() {
+        let saved: ModelSpec = crate::io::read_toml(&spec_path)?;
+        saved.validate(&spec_path)?;
+        if let Some((field, was, now)) = crate::io::first_difference(&saved, spec)? {
+            bail!(
+                "{}: `{field}` is {was}, but config.toml and the training data in {} now give \
+                 {now}; the configuration or the data changed since the run started. Restore \
+                 them, or train a new run with --out",
+                spec_path.display(),
+                config.data_dir.display()
+            );
+        }
+    }
+    let found = checkpoints(run)?;
+    let newest = found.iter().rev().find(|f| f.lacks.is_none());
+    if let Some(f) = found
+        .iter()
+        .rev()
+        .find(|f| f.lacks.is_some() && newest.is_none_or(|n| f.epoch > n.epoch))
+    {
+        bail!(
+            "{} is incomplete (it has no {}) and resuming would overwrite it; move it out of {} \
+             to resume from {}",
+            f.dir.display(),
+            f.lacks.unwrap_or_default(),
+            run.join("checkpoint").display(),
+            newest.map_or("the start".to_string(), |n| n.dir.display().to_string())
+        );
+    }
+    let Some(newest) = newest else {
+        let done = run.join("model.safetensors");
+        ensure!(
+            !done.exists(),
+            "{} holds a finished model ({}) but no complete checkpoint to resume from; nothing \
+             is left to train",
+            run.display(),
+            done.display()
+        );
+        return Ok(None);
+    };
+    let manifest_path = newest.dir.join("manifest.json");
+    let manifest: Manifest = crate::io::read_json(&manifest_path)?;
+    let trained = manifest.config.with_schedule_of(config);
+    if let Some((field, was, now)) = crate::io::first_difference(&trained, config)? {
+        bail!(
+            "{}: `{field}` is {now}, but the checkpoint was trained with {was} ({}); only the \
+             schedule (epochs, learning rates, freezing, l2, batch size, device, data_dir) may \
+             change on a resume. Restore config.toml, or train a new run with --out",
+            config_path.display(),
+            manifest_path.display()
+        );
+    }
+    ensure!(
+        manifest.epoch == newest.epoch,
+        "{}: `epoch` is {}, but it lies in {}; the checkpoint is corrupt",
+        manifest_path.display(),
+        manifest.epoch,
+        newest.dir.display()
+    );
+    Ok(Some(Latest {
+        epoch: newest.epoch,
+        dir: newest
+            .dir
+            .strip_prefix(run)
+            .unwrap_or(&newest.dir)
+            .to_path_buf(),
+    }))
+}
+
+/// What to do when the checkpoint after `epoch` epochs cannot be loaded.
+fn resume_advice(run: &Path, epoch: usize) -> Result<String> {
+    let this = checkpoint_dir(run, epoch);
+    let earlier = checkpoints(run)?
+        .into_iter()
+        .rev()
+        .find(|f| f.epoch < epoch && f.lacks.is_none());
+    Ok(match earlier {
+        Some(e) => format!(
+            "move {} out of the run to resume from {}",
+            this.display(),
+            e.dir.display()
+        ),
+        None => format!(
+            "{} is the only checkpoint; train a new run with --out",
+            this.display()
+        ),
+    })
+}
+
+/// Reads a checkpoint's `state.json`, naming the file in any error.
+fn read_state(path: &Path) -> Result<TrainState> {
+    let text = crate::io::read_text(path)?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a valid training state (the checkpoint is corrupt)",
+            path.display()
+        )
+    })
+}
+
+/// The newest complete checkpoint, for error messages.
+fn last_good(run: &Path) -> String {
+    match latest(run) {
+        Ok(Some(l)) => run.join(l.dir).display().to_string(),
+        _ => "none (no epoch finished yet)".into(),
+    }
+}
+
+/// The first parameter or buffer of `model` holding a NaN or an infinity, named.
+fn non_finite_weights(model: &Ensemble) -> Option<String> {
+    for t in model.collect(None, None, false) {
+        if t.dtype != burn::store::burn_pack::DType::F32 {
+            continue;
+        }
+        let Ok(bytes) = t.to_bytes() else {
+            return Some(format!("{} cannot be read", t.name));
+        };
+        if bytes
+            .chunks_exact(4)
+            .any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+        {
+            return Some(format!("{} holds NaN or infinite values", t.name));
+        }
+    }
+    None
+}
+
+/// Checks, after an epoch, that every weight, every metric of the epoch and the outputs of the
+/// updated model on the first training batch are finite; the error names what is not.
+fn check_finite(
+    model: &Ensemble,
+    metrics: &EpochMetrics,
+    data: &Dataset,
+    config: &TrainConfig,
+    device: &Device,
+) -> std::result::Result<(), String> {
+    let named = [
+        ("loss", metrics.loss),
+        ("ECE", metrics.ece),
+        ("entropy", metrics.entropy),
+        ("log ED", metrics.log_det),
+        ("accuracy", metrics.accuracy),
+    ];
+    if let Some((name, v)) = named.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("mean {name} {v}"));
+    }
+    if let Some((k, v)) = metrics
+        .member_ce
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+    {
+        return Err(format!("cross-entropy of member {k} {v}"));
+    }
+    if let Some(what) = non_finite_weights(model) {
+        return Err(what);
+    }
+    // The metrics were measured before each update; the last update shows in the outputs.
+    let batch = Batcher::sequential(data, config.batch_size.min(data.len())).batch(0, device);
+    let logits = model.valid().forward(batch.images).logits;
+    if !crate::eval::floats(logits).iter().all(|v| v.is_finite()) {
+        return Err("its outputs on the first training batch".into());
+    }
+    Ok(())
 }
 
 fn member_config(config: &TrainConfig, data: &Dataset) -> MemberConfig {
@@ -571,9 +907,7 @@ fn run_epoch(
         let (next, m) = match step {
             Ok(done) => done,
             Err(NonFinite(value)) => {
-                let last = latest(run)?
-                    .map(|l| run.join(l.dir).display().to_string())
-                    .unwrap_or_else(|| "none (no epoch finished yet)".into());
+                let last = last_good(run);
                 bail!(
                     "the loss became {value} at epoch {}, step {}; nothing was saved from this epoch. Last good checkpoint: {last}. Lower --lr or check the data",
                     epoch + 1,
@@ -619,8 +953,9 @@ fn run_epoch(
     ))
 }
 
-/// What produced a checkpoint: saved beside it as `manifest.json`, so that a checkpoint found on
-/// its own still says how to reproduce it.
+/// What produced a checkpoint (or a run's final model): saved beside it as `manifest.json`, so
+/// that a checkpoint found on its own still says how to reproduce it, with the SHA-256 of every
+/// weight file beside it, which loading verifies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Finished epochs.
@@ -635,6 +970,29 @@ pub struct Manifest {
     pub burn_version: String,
     /// The full training configuration.
     pub config: TrainConfig,
+    /// SHA-256 (lower-case hex) of each weight file in the manifest's directory, by file name.
+    #[serde(default)]
+    pub sha256: std::collections::BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The manifest of weights trained with `config` for `epoch` epochs, with the hashes of the
+    /// files `sha256` (name, hash).
+    pub fn new(
+        config: &TrainConfig,
+        epoch: usize,
+        sha256: impl IntoIterator<Item = (impl Into<String>, String)>,
+    ) -> Self {
+        Self {
+            epoch,
+            seed: config.seed,
+            backend: config.device,
+            adp_version: env!("CARGO_PKG_VERSION").into(),
+            burn_version: BURN_VERSION.into(),
+            config: config.clone(),
+            sha256: sha256.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        }
+    }
 }
 
 fn save_checkpoint(
@@ -650,24 +1008,26 @@ fn save_checkpoint(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    save_model(model, &tmp.join("model.safetensors"))?;
+    let mut hashes = vec![(
+        "model.safetensors".to_string(),
+        save_model(model, &tmp.join("model.safetensors"))?,
+    )];
     model
         .clone()
         .save_file(tmp.join("model.bpk"))
         .context("cannot save the checkpoint's weights")?;
+    hashes.push((
+        "model.bpk".into(),
+        crate::io::sha256_file(&tmp.join("model.bpk"))?,
+    ));
     for (k, o) in optims.iter().enumerate() {
-        o.save(tmp.join(format!("optim-{k}.bpk")))
+        let name = format!("optim-{k}.bpk");
+        o.save(tmp.join(&name))
             .with_context(|| format!("cannot save the optimizer state of member {k}"))?;
+        hashes.push((name.clone(), crate::io::sha256_file(&tmp.join(&name))?));
     }
     crate::io::write_json(&tmp.join("state.json"), state)?;
-    let manifest = Manifest {
-        epoch: state.epoch,
-        seed: config.seed,
-        backend: config.device,
-        adp_version: env!("CARGO_PKG_VERSION").into(),
-        burn_version: BURN_VERSION.into(),
-        config: config.clone(),
-    };
+    let manifest = Manifest::new(config, state.epoch, hashes);
     crate::io::write_json(&tmp.join("manifest.json"), &manifest)?;
     commit_checkpoint(run, &tmp, state.epoch)
 }

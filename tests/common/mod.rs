@@ -101,6 +101,39 @@ pub fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
+/// 1200 training and 300 test images of the synthetic MNIST-layout set, written once per test
+/// binary.
+pub fn synthetic_data() -> std::path::PathBuf {
+    static DONE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = scratch().join("data");
+        adp::data::synthetic::write_synthetic_mnist(&dir, 1200, 300, 7).unwrap();
+        dir
+    })
+    .clone()
+}
+
+/// `adp train` of 2 CNN members for `epochs` epochs (seed 3) on `data` into `out`.
+pub fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        "cnn",
+        "--members",
+        "2",
+        "--epochs",
+        epochs,
+        "--lr-drops",
+        "2",
+        "--seed",
+        "3",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    ]
+}
+
 /// A temporary directory shared by the tests of one test binary (a static: it is never dropped,
 /// so it stays for the life of the process).
 pub fn scratch() -> &'static Path {
