@@ -10,6 +10,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, Value
 use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
 use adp::data::{DatasetKind, Normalization, Split, fetch, load_dataset};
 use adp::device::DeviceKind;
+use adp::eval::indicators::{Failure, IndicatorSettings, Indicators, indicators};
 use adp::eval::{AttackedSet, EvalReport, attack_dataset, clean, robust};
 use adp::experiments::{Figure, FigureConfig, rebuild, run_figure};
 use adp::fidelity::{FidelityConfig, run_fidelity};
@@ -195,6 +196,10 @@ struct EvalArgs {
     /// Attack random target classes instead of any wrong class.
     #[arg(long)]
     targeted: bool,
+    /// Skip the indicators of a failed evaluation (Square, an ε sweep to 1 and random noise at
+    /// each ε, with APGD-CE of --steps iterations and Square of --queries queries).
+    #[arg(long)]
+    no_indicators: bool,
     #[command(flatten)]
     on: TestSet,
 }
@@ -213,6 +218,9 @@ struct AttackParams {
     /// Random restarts of every iterative attack (adaptive: 5, others: 1).
     #[arg(long)]
     restarts: Option<usize>,
+    /// Queries of Square, alone, in autoattack and in the indicators (default 5000).
+    #[arg(long)]
+    queries: Option<usize>,
     /// Loss ascended by BIM, PGD and adaptive (default: cross-entropy on the log of the mean
     /// softmax; mean-logits: on the averaged logits; joint: sum of the members' losses; dlr).
     #[arg(long, value_enum)]
@@ -252,6 +260,7 @@ impl AttackParams {
             kappa: self.kappa,
             lr: self.lr,
             objective: self.objective,
+            queries: self.queries,
             binary_search_steps: self.binary_search_steps,
             beta: self.beta,
             decision_rule: self.decision_rule,
@@ -750,6 +759,7 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         label: config.label(),
         clean: clean(&model, &test, on.batch_size, &device),
         robust: Vec::new(),
+        indicators: Vec::new(),
     };
     for spec in &specs {
         report.robust.push(robust(
@@ -762,13 +772,123 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             &device,
         )?);
     }
+    if !a.no_indicators {
+        report.indicators = measure_indicators(&a, &specs, &report, &model, &test, &device)?;
+    }
     report.save(&a.run)?;
     println!(
         "{}",
         adp::report::comparison_markdown(std::slice::from_ref(&report))
     );
+    for ind in &report.indicators {
+        for line in indicator_lines(&a.run, ind) {
+            println!("{line}");
+        }
+    }
     println!("written to {}/eval.json and eval.csv", a.run.display());
     Ok(())
+}
+
+/// The indicators at each distinct ε of the L∞ attacks evaluated, compared with the best
+/// untargeted gradient attack evaluated at that ε.
+fn measure_indicators(
+    a: &EvalArgs,
+    specs: &[AttackSpec],
+    report: &EvalReport,
+    model: &adp::model::Ensemble,
+    test: &adp::data::Dataset,
+    device: &burn::prelude::Device,
+) -> Result<Vec<Indicators>> {
+    let settings = IndicatorSettings {
+        apgd_iterations: a
+            .params
+            .steps
+            .unwrap_or(IndicatorSettings::default().apgd_iterations),
+        square_queries: a
+            .params
+            .queries
+            .unwrap_or(IndicatorSettings::default().square_queries),
+    };
+    let mut budgets: Vec<f64> = specs
+        .iter()
+        .filter(|s| s.kind.main_parameter() == adp::attack::MainParameter::Eps && s.eps > 0.0)
+        .map(|s| s.eps)
+        .collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    let victim = adp::attack::Victim::ensemble(model);
+    budgets
+        .into_iter()
+        .map(|eps| {
+            let reported = specs
+                .iter()
+                .zip(&report.robust)
+                .filter(|(s, r)| s.eps == eps && s.kind.gradient_only() && !r.targeted)
+                .map(|(_, r)| r.accuracy)
+                .reduce(f64::min);
+            indicators(
+                &victim,
+                test,
+                eps,
+                reported,
+                &settings,
+                a.on.batch_size,
+                a.on.seed,
+                device,
+            )
+        })
+        .collect()
+}
+
+/// The indicators' summary line and one line per indicator that fired, with what to run next.
+fn indicator_lines(run: &Path, ind: &Indicators) -> Vec<String> {
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let eps = ind.eps;
+    let run = run.display();
+    let sweep: Vec<String> = ind
+        .sweep
+        .iter()
+        .map(|p| format!("{} {}", p.eps, pct(p.accuracy)))
+        .collect();
+    let mut lines = vec![format!(
+        "indicators at ε = {eps} ({} examples): clean {}, gradient attacks {} ± {}, Square {}, random noise {}, APGD-CE sweep ε {}, zero gradients {}",
+        ind.examples,
+        pct(ind.clean_accuracy),
+        pct(ind.gradient_accuracy),
+        pct(ind.gradient_std_error),
+        pct(ind.square_accuracy),
+        pct(ind.noise_accuracy),
+        sweep.join(", "),
+        pct(ind.zero_gradient),
+    )];
+    for failure in &ind.fired {
+        lines.push(match failure {
+            Failure::GradientFreeWins => format!(
+                "FAILED EVALUATION? gradient-free Square leaves {} correct, the gradient attacks {}: the gradients mislead them; trust `adp eval {run} --attack autoattack --eps {eps}` and try `--attack adaptive --objective joint --eps {eps}`",
+                pct(ind.square_accuracy),
+                pct(ind.gradient_accuracy)
+            ),
+            Failure::AccuracyDoesNotVanish => format!(
+                "FAILED EVALUATION? APGD-CE at ε = 1 leaves {} correct where any image is reachable: the attack cannot move the model; run `adp eval {run} --attack square --eps 1`",
+                pct(ind.sweep.last().map_or(0.0, |p| p.accuracy))
+            ),
+            Failure::NoiseAsStrong => format!(
+                "FAILED EVALUATION? random noise of size ε leaves {} correct, no more than the gradient attacks ({}): their steps do nothing; run `adp eval {run} --attack square --eps {eps}`",
+                pct(ind.noise_accuracy),
+                pct(ind.gradient_accuracy)
+            ),
+            Failure::ZeroGradients => format!(
+                "FAILED EVALUATION? {} of the input gradients are exactly zero: a saturated softmax masks them; run `adp eval {run} --attack apgd-dlr --eps {eps}` (DLR is scale-invariant) and `--attack square --eps {eps}`",
+                pct(ind.zero_gradient)
+            ),
+        });
+    }
+    if ind.fired.is_empty() {
+        lines.push(format!(
+            "no indicator of a failed evaluation fired at ε = {eps}"
+        ));
+    }
+    lines
 }
 
 fn run_attack(a: AttackArgs) -> Result<()> {

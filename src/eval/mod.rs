@@ -15,12 +15,13 @@ pub mod detect;
 pub mod diversity;
 pub mod ed_histogram;
 pub mod feature_tsne;
+pub mod indicators;
 pub mod neighbours;
 pub mod roc;
 pub mod transfer;
 pub mod tsne;
 
-use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, input_gradient, random_targets};
+use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, random_targets};
 use crate::data::{Batcher, Dataset};
 use crate::model::Ensemble;
 use diversity::{Removed, batch_log_ed};
@@ -99,16 +100,7 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
     let victim = Victim::ensemble(model);
     for batch in Batcher::sequential(data, batch_size).iter(device) {
         let n = batch.labels.dims()[0];
-        let g = input_gradient(
-            &victim,
-            &batch.images,
-            &Goal::Untargeted(batch.labels.clone()),
-        );
-        let g_abs = g.abs().flatten::<2>(1, 3).sum_dim(1).flatten::<1>(0, 1);
-        zero_gradient += crate::attack::bools(g_abs.equal_elem(0.0))
-            .iter()
-            .filter(|z| **z)
-            .count();
+        zero_gradient += indicators::zero_gradients(&victim, &batch.images, batch.labels.clone());
         let out = model.forward(batch.images);
         for (j, w) in member_wrong.iter_mut().enumerate() {
             let z = out
@@ -342,6 +334,9 @@ pub struct EvalReport {
     pub clean: CleanResult,
     /// Robust accuracy per attack and budget.
     pub robust: Vec<RobustResult>,
+    /// The indicators of a failed evaluation, one per budget ε of the L∞ attacks evaluated.
+    #[serde(default)]
+    pub indicators: Vec<indicators::Indicators>,
 }
 
 impl EvalReport {

@@ -145,6 +145,7 @@ mod tests {
                     seconds: 1.0,
                 },
             ],
+            indicators: Vec::new(),
         }
     }
 
