@@ -1,4 +1,4 @@
-//! The attacks beyond the paper (APGD, APGD-T, Square, the cascades, the adaptive attack) on a
+//! The attacks beyond the paper (APGD, APGD-T, FAB-T, Square, the cascades, the adaptive attack) on a
 //! small ADP ensemble trained here through the library on synthetic MNIST-shaped data: bounds,
 //! strength relative to PGD, targeted success, and the command line's errors. Iterations are
 //! kept small so that the file runs in seconds.
@@ -79,6 +79,7 @@ fn every_new_attack_and_objective_stays_in_budget() {
         AttackKind::ApgdCe,
         AttackKind::ApgdDlr,
         AttackKind::ApgdT,
+        AttackKind::FabT,
         AttackKind::Square,
         AttackKind::ApgdCascade,
         AttackKind::Autoattack,

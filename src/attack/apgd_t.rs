@@ -65,30 +65,54 @@ impl Attack for ApgdT {
         let Goal::Untargeted(_) = goal else {
             return self.apgd().run(model, images, goal);
         };
-        let x0 = images.detach().without_autodiff();
-        let log_f = model.log_probs(x0.clone()).detach().without_autodiff();
-        let classes = log_f.dims()[1];
-        // Classes by decreasing clean score; column k is the (k+1)-th ranked class.
-        let ranked = log_f.argsort_descending(1);
-        let targets = self.target_classes.min(classes.saturating_sub(1));
-        let restarts = self.restarts.max(1);
         let apgd = self.apgd();
-        let mut round = 0;
-        with_restarts(model, goal, &x0, targets * restarts, |x, goal, rows| {
-            let k = 1 + round / restarts;
-            round += 1;
-            let Goal::Untargeted(y) = goal else {
-                unreachable!("the goal is untargeted")
-            };
-            let m = rows.dims()[0];
-            let t = ranked
-                .clone()
-                .select(0, rows.clone())
-                .slice([0..m, k..k + 1])
-                .reshape([m]);
-            apgd.run_once(model, x, &Criterion::targeted_dlr(y.clone(), t))
-        })
+        over_top_classes(
+            model,
+            images,
+            goal,
+            self.target_classes,
+            self.restarts,
+            |x, y, t, _| apgd.run_once(model, x, &Criterion::targeted_dlr(y, t)),
+        )
     }
+}
+
+/// Runs a targeted `attempt` towards each of the `target_classes` classes the clean input
+/// ranks highest after its top one (2nd, 3rd, …; at most L − 1 of them), `restarts` times each,
+/// every attempt only on the examples no earlier one broke; success is any misclassification of
+/// the untargeted `goal`'s labels. `attempt` gets the clean images, their labels y, their targets
+/// t and the restart's index, and returns adversarial images: the shared body of APGD-T and
+/// FAB-T, as AutoAttack loops over targets and restarts.
+pub(crate) fn over_top_classes(
+    model: &dyn Classifier,
+    images: Tensor<4>,
+    goal: &Goal,
+    target_classes: usize,
+    restarts: usize,
+    mut attempt: impl FnMut(&Tensor<4>, Tensor<1, Int>, Tensor<1, Int>, usize) -> Tensor<4>,
+) -> AttackOutput {
+    let x0 = images.detach().without_autodiff();
+    let log_f = model.log_probs(x0.clone()).detach().without_autodiff();
+    let classes = log_f.dims()[1];
+    // Classes by decreasing clean score; column k is the (k+1)-th ranked class.
+    let ranked = log_f.argsort_descending(1);
+    let targets = target_classes.min(classes.saturating_sub(1));
+    let restarts = restarts.max(1);
+    let mut round = 0;
+    with_restarts(model, goal, &x0, targets * restarts, |x, goal, rows| {
+        let (k, restart) = (1 + round / restarts, round % restarts);
+        round += 1;
+        let Goal::Untargeted(y) = goal else {
+            unreachable!("the goal is untargeted")
+        };
+        let m = rows.dims()[0];
+        let t = ranked
+            .clone()
+            .select(0, rows.clone())
+            .slice([0..m, k..k + 1])
+            .reshape([m]);
+        attempt(x, y.clone(), t, restart)
+    })
 }
 
 #[cfg(test)]

@@ -3,18 +3,17 @@
 //! in turn runs only on the examples that no earlier attack broke. The result is the worst case
 //! per example: the first adversarial example found for it, and which attack found it.
 //!
-//! [`Cascade::autoattack`] is AutoAttack's standard L∞ version as far as this crate implements
-//! it: APGD-CE, then APGD-T ([`ApgdT`], targeted DLR over the top 9 classes), then Square
-//! ([`Square`], 5,000 queries). **FAB-T is not implemented**, so this cascade is the standard
-//! version without its third stage; FAB-T rarely breaks a point the other three miss (Croce &
-//! Hein, 2020, Table 2), but a result of this cascade is not exactly RobustBench's.
+//! [`Cascade::autoattack`] is AutoAttack's standard L∞ version: APGD-CE, then APGD-T
+//! ([`ApgdT`], targeted DLR over the top 9 classes), FAB-T ([`FabT`], 9 targets) and Square
+//! ([`Square`], 5,000 queries).
 //! [`Cascade::apgd`] is the earlier two-stage cascade of APGD-CE then APGD-DLR (the attacks of
 //! AutoAttack's "rand"/custom versions).
 
 use burn::prelude::*;
 
 use super::{
-    Apgd, ApgdT, Attack, AttackOutput, Classifier, Goal, Objective, Square, place_rows, row_indices,
+    Apgd, ApgdT, Attack, AttackOutput, Classifier, FabT, Goal, Objective, Square, place_rows,
+    row_indices,
 };
 
 /// Attacks run one after another on the examples still standing.
@@ -56,10 +55,9 @@ impl Cascade {
         }
     }
 
-    /// AutoAttack's standard L∞ cascade without FAB-T (see the module's documentation):
-    /// APGD-CE (`apgd`), APGD-T (`apgd_t`) and Square (`square`), each on the examples the
-    /// earlier stages left standing.
-    pub fn autoattack(apgd: Apgd, apgd_t: ApgdT, square: Square) -> Self {
+    /// AutoAttack's standard L∞ cascade: APGD-CE (`apgd`), APGD-T (`apgd_t`), FAB-T (`fab_t`)
+    /// and Square (`square`), each on the examples the earlier stages left standing.
+    pub fn autoattack(apgd: Apgd, apgd_t: ApgdT, fab_t: FabT, square: Square) -> Self {
         Self {
             label: "AutoAttack".into(),
             stages: vec![
@@ -68,6 +66,7 @@ impl Cascade {
                     ..apgd
                 }),
                 Box::new(apgd_t),
+                Box::new(fab_t),
                 Box::new(square),
             ],
         }

@@ -4,7 +4,8 @@
 //! Every attack runs on a [`Classifier`]'s log-probabilities in evaluation mode (BatchNorm on
 //! running statistics, no parameter gradients) and returns adversarial images that stay inside
 //! `[0, 1]`, and inside the ε-ball around the input for the L∞ attacks (FGSM, BIM, PGD, MIM,
-//! APGD, APGD-T, Square and the cascades).
+//! APGD, APGD-T, FAB-T, Square and the cascades; FAB-T returns its closest adversarial point
+//! projected onto the ball).
 //! JSMA (L0), C&W-L2 and EAD (elastic net) have no fixed ball: they return their best successful
 //! example, or the clean image where they fail.
 
@@ -14,6 +15,7 @@ pub mod apgd_t;
 pub mod cascade;
 pub mod cw;
 pub mod ead;
+pub mod fab;
 pub mod fgsm;
 pub mod jsma;
 pub mod margin;
@@ -33,6 +35,7 @@ pub use apgd_t::ApgdT;
 pub use cascade::{Cascade, CascadeReport, Verdict};
 pub use cw::CwL2;
 pub use ead::{DecisionRule, Ead};
+pub use fab::FabT;
 pub use fgsm::Fgsm;
 pub use jsma::Jsma;
 pub use margin::OptimSettings;
@@ -66,10 +69,13 @@ pub enum AttackKind {
     /// APGD-T (Croce & Hein, 2020): targeted DLR over the 9 classes ranked highest after the
     /// prediction.
     ApgdT,
+    /// FAB-T (Croce & Hein, 2020): the targeted fast adaptive boundary attack over the 9
+    /// classes ranked highest after the prediction.
+    FabT,
     /// Square Attack (Andriushchenko et al., 2020): score-based, gradient-free, 5,000 queries.
     Square,
-    /// AutoAttack's standard cascade (Croce & Hein, 2020) without FAB-T: APGD-CE, APGD-T and
-    /// Square, each on the examples still standing.
+    /// AutoAttack's standard cascade (Croce & Hein, 2020): APGD-CE, APGD-T, FAB-T and Square,
+    /// each on the examples still standing.
     Autoattack,
     /// The two-stage cascade: APGD-CE, then APGD-DLR on the examples still standing.
     ApgdCascade,
@@ -91,6 +97,7 @@ impl AttackKind {
             AttackKind::ApgdCe => "apgd-ce",
             AttackKind::ApgdDlr => "apgd-dlr",
             AttackKind::ApgdT => "apgd-t",
+            AttackKind::FabT => "fab-t",
             AttackKind::Square => "square",
             AttackKind::Autoattack => "autoattack",
             AttackKind::ApgdCascade => "apgd-cascade",
@@ -115,6 +122,7 @@ impl AttackKind {
             | AttackKind::ApgdCe
             | AttackKind::ApgdDlr
             | AttackKind::ApgdT
+            | AttackKind::FabT
             | AttackKind::Square
             | AttackKind::Autoattack
             | AttackKind::ApgdCascade
@@ -162,7 +170,7 @@ impl MainParameter {
 /// and γ = 0.3; 1000 iterations of learning rate 0.01 with κ = 0.1 and one binary-search step for
 /// C&W (c = 1) and EAD (c = 5, β = 0.01, decision rule EN) — Croce & Hein's for APGD, APGD-T
 /// and AutoAttack (100 iterations, one restart, no step size: APGD adapts its own; 9 target
-/// classes), Andriushchenko et al.'s for Square (5,000 queries, p_init = 0.8), and
+/// classes), Croce & Hein's for FAB-T (100 iterations, 9 targets, α_max = 0.1, η = 1.05, β = 0.9), Andriushchenko et al.'s for Square (5,000 queries, p_init = 0.8), and
 /// [`Adaptive::new`]'s for the adaptive attack (PGD-20 then PGD-200 with steps of ε/20, 5
 /// restarts, log F). Parameters an attack has no use for are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,6 +362,11 @@ impl AttackSpec {
             restarts: self.restarts.unwrap_or(1),
             ..ApgdT::new(self.eps)
         };
+        let fab_t = FabT {
+            iterations: self.steps.unwrap_or(apgd::DEFAULT_ITERATIONS),
+            restarts: self.restarts.unwrap_or(1),
+            ..FabT::new(self.eps)
+        };
         let square = Square {
             queries: self.queries.unwrap_or(square::DEFAULT_QUERIES),
             restarts: self.restarts.unwrap_or(1),
@@ -386,10 +399,12 @@ impl AttackSpec {
             AttackKind::ApgdCe => Box::new(apgd(Objective::LogMeanSoftmax)),
             AttackKind::ApgdDlr => Box::new(apgd(Objective::Dlr)),
             AttackKind::ApgdT => Box::new(apgd_t),
+            AttackKind::FabT => Box::new(fab_t),
             AttackKind::Square => Box::new(square),
             AttackKind::Autoattack => Box::new(Cascade::autoattack(
                 apgd(Objective::LogMeanSoftmax),
                 apgd_t,
+                fab_t,
                 square,
             )),
             AttackKind::ApgdCascade => Box::new(Cascade::apgd(apgd(Objective::LogMeanSoftmax))),
