@@ -196,6 +196,10 @@ struct EvalArgs {
     /// Attack random target classes instead of any wrong class.
     #[arg(long)]
     targeted: bool,
+    /// Repeat every attack with seeds --seed, --seed + 1, … (N in all) and report the spread of
+    /// its accuracy.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
     /// Skip the indicators of a failed evaluation (Square, an ε sweep to 1 and random noise at
     /// each ε, with APGD-CE of --steps iterations and Square of --queries queries).
     #[arg(long)]
@@ -746,6 +750,7 @@ fn load_for_eval(run: &Path, on: &TestSet) -> Result<(Loaded, burn::prelude::Dev
 
 fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
     let specs = attack_specs(&a, m)?;
+    ensure!(a.seeds >= 1, "--seeds must be at least 1");
     let (
         Loaded {
             model,
@@ -762,15 +767,22 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         indicators: Vec::new(),
     };
     for spec in &specs {
-        report.robust.push(robust(
-            &model,
-            &test,
-            spec,
-            a.targeted,
-            on.batch_size,
-            on.seed,
-            &device,
-        )?);
+        let run = |seed| {
+            robust(
+                &model,
+                &test,
+                spec,
+                a.targeted,
+                on.batch_size,
+                seed,
+                &device,
+            )
+        };
+        let mut result = run(on.seed)?;
+        for s in 1..a.seeds as u64 {
+            result.repeats.push(run(on.seed + s)?.accuracy);
+        }
+        report.robust.push(result);
     }
     if !a.no_indicators {
         report.indicators = measure_indicators(&a, &specs, &report, &model, &test, &device)?;
@@ -780,6 +792,31 @@ fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         "{}",
         adp::report::comparison_markdown(std::slice::from_ref(&report))
     );
+    for r in &report.robust {
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        let (mean, sd) = r.spread();
+        let over_seeds = if r.repeats.is_empty() {
+            String::new()
+        } else {
+            let all = std::iter::once(r.accuracy).chain(r.repeats.iter().copied());
+            let (lo, hi) = all.fold((1f64, 0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
+            format!(
+                "; over {} seeds mean {} ± {} (s.d.), range {}-{}",
+                r.repeats.len() + 1,
+                pct(mean),
+                pct(sd),
+                pct(lo),
+                pct(hi)
+            )
+        };
+        println!(
+            "{}: accuracy {} ± {} (binomial s.e., {} examples){over_seeds}",
+            r.description,
+            pct(r.accuracy),
+            pct(r.std_error),
+            r.examples
+        );
+    }
     for ind in &report.indicators {
         for line in indicator_lines(&a.run, ind) {
             println!("{line}");

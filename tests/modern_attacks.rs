@@ -222,6 +222,8 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         "joint",
         "--queries",
         "30",
+        "--seeds",
+        "2",
         "--limit",
         "10",
     ]);
@@ -238,6 +240,13 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{run}/eval.json")).unwrap())
             .unwrap();
+    // Two seeds: each attack's accuracy, its binomial error and the spread over the seeds.
+    assert_eq!(
+        report["robust"][0]["repeats"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(stdout.matches("over 2 seeds mean").count(), 2, "{stdout}");
     let indicators = &report["indicators"][0];
     assert_eq!(indicators["eps"].as_f64(), Some(0.1), "{report}");
     let fired = indicators["fired"].as_array().unwrap().len();
@@ -276,6 +285,10 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         (
             vec!["--attack", "square", "--eps", "0.1", "--queries", "0"],
             "--queries must be at least 1",
+        ),
+        (
+            vec!["--attack", "fgsm", "--eps", "0.1", "--seeds", "0"],
+            "--seeds must be at least 1",
         ),
     ] {
         let mut full = vec!["eval", run];

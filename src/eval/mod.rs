@@ -88,6 +88,25 @@ pub struct RobustResult {
     pub success_rate: f64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Binomial standard error of `accuracy`, √(a(1 − a)/n).
+    #[serde(default)]
+    pub std_error: f64,
+    /// Accuracies of the repeats with the next seeds (`adp eval --seeds N`), after this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<f64>,
+}
+
+impl RobustResult {
+    /// Mean and sample standard deviation of the accuracy over this run and its repeats.
+    pub fn spread(&self) -> (f64, f64) {
+        let all: Vec<f64> = std::iter::once(self.accuracy)
+            .chain(self.repeats.iter().copied())
+            .collect();
+        let n = all.len() as f64;
+        let mean = all.iter().sum::<f64>() / n;
+        let var = all.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
 }
 
 /// Error rates of the members and the ensemble on `data`, in batches.
@@ -308,6 +327,11 @@ pub fn robust(
 ) -> Result<RobustResult> {
     let set = attack_dataset(model, data, spec, targeted, None, batch_size, seed, device)?;
     let success_rate = AttackedSet::rate(&set.success);
+    let accuracy = if targeted {
+        1.0 - success_rate
+    } else {
+        AttackedSet::rate(&set.ensemble_correct)
+    };
     Ok(RobustResult {
         attack: spec.kind.name().into(),
         description: set.description,
@@ -315,13 +339,11 @@ pub fn robust(
         parameter: spec.parameter_label(),
         targeted,
         examples: data.len(),
-        accuracy: if targeted {
-            1.0 - success_rate
-        } else {
-            AttackedSet::rate(&set.ensemble_correct)
-        },
+        accuracy,
         success_rate,
         seconds: set.seconds,
+        std_error: indicators::std_error(accuracy, data.len()),
+        repeats: Vec::new(),
     })
 }
 
