@@ -102,9 +102,8 @@ impl FabT {
                 objective_t.objective(log_f.clone()) + objective_y.objective(log_f)
             });
             let (grad, f) = (host(grad), crate::eval::floats(f));
-            for i in 0..m {
-                let r = i * p..(i + 1) * p;
-                let (w, x, x_orig) = (&grad[r.clone()], &mut x1[r.clone()], &origin[r]);
+            let rows = x1.chunks_mut(p).zip(origin.chunks(p)).zip(grad.chunks(p));
+            for (((x, x_orig), w), f) in rows.zip(&f) {
                 // The plane w·z = w·x⁽ⁱ⁾ − f: reached from x⁽ⁱ⁾ by w·δ = −f, from x by
                 // w·δ = −f + w·(x⁽ⁱ⁾ − x).
                 let shift: f64 = w
@@ -112,16 +111,16 @@ impl FabT {
                     .zip(x.iter().zip(x_orig))
                     .map(|(w, (a, b))| f64::from(*w) * f64::from(a - b))
                     .sum();
-                let d1 = project_linf(x, w, -f[i] as f32);
-                let d2 = project_linf(x_orig, w, (-f[i] + shift) as f32);
+                let d1 = project_linf(x, w, -f as f32);
+                let d2 = project_linf(x_orig, w, (-f + shift) as f32);
                 let a1 = linf(&d1).max(1e-8);
                 let a2 = linf(&d2).max(1e-8);
                 let alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max as f32);
                 let eta = self.eta as f32;
-                for j in 0..p {
-                    let from_here = x[j] + eta * d1[j];
+                for (j, x) in x.iter_mut().enumerate() {
+                    let from_here = *x + eta * d1[j];
                     let from_origin = x_orig[j] + eta * d2[j];
-                    x[j] = ((1.0 - alpha) * from_here + alpha * from_origin).clamp(0.0, 1.0);
+                    *x = ((1.0 - alpha) * from_here + alpha * from_origin).clamp(0.0, 1.0);
                 }
             }
             let met = success.achieved(model.log_probs(tensor(&x1)));
