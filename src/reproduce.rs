@@ -264,6 +264,7 @@ pub fn evaluate_method(
         label: tc.label(),
         clean: clean(&model, clean_set, batch_size, device),
         robust: Vec::new(),
+        indicators: Vec::new(),
     };
     for spec in attacks {
         let r = robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?;

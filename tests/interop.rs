@@ -510,6 +510,7 @@ fn the_command_line_exports_imports_and_evaluates_an_imported_run() {
         "0.1",
         "--limit",
         "8",
+        "--no-indicators",
     ]);
     assert!(ok, "{text}");
     assert!(text.contains("imported w.pt"), "{text}");

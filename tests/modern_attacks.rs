@@ -1,4 +1,4 @@
-//! The attacks beyond the paper (APGD, the AutoAttack-style cascade, the adaptive attack) on a
+//! The attacks beyond the paper (APGD, APGD-T, FAB-T, Square, the cascades, the adaptive attack) on a
 //! small ADP ensemble trained here through the library on synthetic MNIST-shaped data: bounds,
 //! strength relative to PGD, targeted success, and the command line's errors. Iterations are
 //! kept small so that the file runs in seconds.
@@ -59,9 +59,11 @@ fn pgd_10() -> f64 {
     *ACC.get_or_init(|| evaluate(&AttackSpec::new(AttackKind::Pgd, EPS), false).accuracy)
 }
 
+/// `kind` with `steps` iterations, and Square (alone or in autoattack) with 20 queries per step.
 fn spec(kind: AttackKind, eps: f64, steps: usize) -> AttackSpec {
     AttackSpec {
         steps: Some(steps),
+        queries: Some(20 * steps),
         ..AttackSpec::new(kind, eps)
     }
 }
@@ -76,6 +78,10 @@ fn every_new_attack_and_objective_stays_in_budget() {
     let mut specs: Vec<AttackSpec> = [
         AttackKind::ApgdCe,
         AttackKind::ApgdDlr,
+        AttackKind::ApgdT,
+        AttackKind::FabT,
+        AttackKind::Square,
+        AttackKind::ApgdCascade,
         AttackKind::Autoattack,
     ]
     .into_iter()
@@ -135,10 +141,18 @@ fn apgd_ce_is_at_least_as_strong_as_pgd() {
 }
 
 #[test]
-fn the_cascade_is_at_least_as_strong_as_each_of_its_parts() {
+fn autoattack_is_at_least_as_strong_as_its_first_stage_and_the_apgd_cascade_as_its_parts() {
     let ce = evaluate(&spec(AttackKind::ApgdCe, EPS, 5), false);
+    let standard = evaluate(&spec(AttackKind::Autoattack, EPS, 5), false);
+    eprintln!("APGD-CE {} autoattack {}", ce.accuracy, standard.accuracy);
+    assert!(
+        standard.accuracy <= ce.accuracy,
+        "autoattack {} vs APGD-CE {}",
+        standard.accuracy,
+        ce.accuracy
+    );
     let dlr = evaluate(&spec(AttackKind::ApgdDlr, EPS, 5), false);
-    let both = evaluate(&spec(AttackKind::Autoattack, EPS, 5), false);
+    let both = evaluate(&spec(AttackKind::ApgdCascade, EPS, 5), false);
     eprintln!(
         "APGD-CE {} APGD-DLR {} cascade {}",
         ce.accuracy, dlr.accuracy, both.accuracy
@@ -206,12 +220,41 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         "1",
         "--objective",
         "joint",
+        "--queries",
+        "30",
+        "--seeds",
+        "2",
         "--limit",
         "10",
     ]);
     let stdout = stdout(&o);
     assert!(
         stdout.contains("| AUTOATTACK | ε = 0.1 |") && stdout.contains("| ADAPTIVE | ε = 0.1 |"),
+        "{stdout}"
+    );
+    // The indicators at ε = 0.1: one summary line, then a line per indicator that fired.
+    assert!(
+        stdout.contains("indicators at ε = 0.1 (10 examples): clean"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{run}/eval.json")).unwrap())
+            .unwrap();
+    // Two seeds: each attack's accuracy, its binomial error and the spread over the seeds.
+    assert_eq!(
+        report["robust"][0]["repeats"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(stdout.matches("over 2 seeds mean").count(), 2, "{stdout}");
+    let indicators = &report["indicators"][0];
+    assert_eq!(indicators["eps"].as_f64(), Some(0.1), "{report}");
+    let fired = indicators["fired"].as_array().unwrap().len();
+    let warnings = stdout.matches("FAILED EVALUATION?").count();
+    assert_eq!(fired, warnings, "{stdout}");
+    assert_eq!(
+        stdout.contains("no indicator of a failed evaluation fired"),
+        fired == 0,
         "{stdout}"
     );
 
@@ -238,6 +281,14 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         (
             vec!["--attack", "apgd-dlr", "--eps", "1.5"],
             "--eps must lie in [0, 1]",
+        ),
+        (
+            vec!["--attack", "square", "--eps", "0.1", "--queries", "0"],
+            "--queries must be at least 1",
+        ),
+        (
+            vec!["--attack", "fgsm", "--eps", "0.1", "--seeds", "0"],
+            "--seeds must be at least 1",
         ),
     ] {
         let mut full = vec!["eval", run];

@@ -90,6 +90,7 @@ fn eval_prints_tables_and_writes_json_and_csv() {
         "0.3",
         "--limit",
         "100",
+        "--no-indicators",
     ]);
     let out = stdout(&o);
     assert!(
@@ -422,7 +423,15 @@ fn cifar_binary_layout_trains_resnet20_with_augmentation_and_evaluates() {
     assert_eq!(model["member"]["input_shape"].as_array().unwrap().len(), 3);
     assert_eq!(model["member"]["input_shape"][0].as_integer(), Some(3));
     let o = adp_ok(&[
-        "eval", r, "--attack", "fgsm", "--eps", "0.03", "--limit", "16",
+        "eval",
+        r,
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.03",
+        "--limit",
+        "16",
+        "--no-indicators",
     ]);
     assert!(stdout(&o).contains("| FGSM | ε = 0.03 |"));
 }

@@ -60,7 +60,12 @@ impl Apgd {
     }
 
     /// One restart: each example's last successful iterate, or its best-loss point.
-    fn run_once(&self, model: &dyn Classifier, x0: &Tensor<4>, loss: &Criterion) -> Tensor<4> {
+    pub(crate) fn run_once(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor<4>,
+        loss: &Criterion,
+    ) -> Tensor<4> {
         let budget = LinfBudget { eps: self.eps };
         let n = x0.dims()[0];
         let device = x0.device();

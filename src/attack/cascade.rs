@@ -3,13 +3,18 @@
 //! in turn runs only on the examples that no earlier attack broke. The result is the worst case
 //! per example: the first adversarial example found for it, and which attack found it.
 //!
-//! [`Cascade::autoattack`] is the cascade of APGD-CE then APGD-DLR (the attacks of AutoAttack's
-//! "rand"/custom versions; the standard version's APGD-T, FAB-T and Square are not included).
+//! [`Cascade::autoattack`] is AutoAttack's standard L∞ version: APGD-CE, then APGD-T
+//! ([`ApgdT`], targeted DLR over the top 9 classes), FAB-T ([`FabT`], 9 targets) and Square
+//! ([`Square`], 5,000 queries).
+//! [`Cascade::apgd`] is the earlier two-stage cascade of APGD-CE then APGD-DLR (the attacks of
+//! AutoAttack's "rand"/custom versions).
 
 use burn::prelude::*;
-use burn::tensor::{IndexingUpdateOp, TensorData};
 
-use super::{Apgd, Attack, AttackOutput, Classifier, Goal, Objective};
+use super::{
+    Apgd, ApgdT, Attack, AttackOutput, Classifier, FabT, Goal, Objective, Square, place_rows,
+    row_indices,
+};
 
 /// Attacks run one after another on the examples still standing.
 pub struct Cascade {
@@ -40,13 +45,30 @@ pub struct CascadeReport {
 }
 
 impl Cascade {
-    /// AutoAttack-style L∞ cascade: APGD-CE then APGD-DLR, both with `apgd`'s budget,
+    /// The two-stage L∞ cascade: APGD-CE then APGD-DLR, both with `apgd`'s budget,
     /// iterations, restarts and start.
-    pub fn autoattack(apgd: Apgd) -> Self {
+    pub fn apgd(apgd: Apgd) -> Self {
         let stage = |objective| Box::new(Apgd { objective, ..apgd }) as Box<dyn Attack>;
         Self {
-            label: "AutoAttack".into(),
+            label: "APGD-cascade".into(),
             stages: vec![stage(Objective::LogMeanSoftmax), stage(Objective::Dlr)],
+        }
+    }
+
+    /// AutoAttack's standard L∞ cascade: APGD-CE (`apgd`), APGD-T (`apgd_t`), FAB-T (`fab_t`)
+    /// and Square (`square`), each on the examples the earlier stages left standing.
+    pub fn autoattack(apgd: Apgd, apgd_t: ApgdT, fab_t: FabT, square: Square) -> Self {
+        Self {
+            label: "AutoAttack".into(),
+            stages: vec![
+                Box::new(Apgd {
+                    objective: Objective::LogMeanSoftmax,
+                    ..apgd
+                }),
+                Box::new(apgd_t),
+                Box::new(fab_t),
+                Box::new(square),
+            ],
         }
     }
 
@@ -72,31 +94,14 @@ impl Cascade {
             if open.is_empty() {
                 break;
             }
-            let m = open.len();
-            let idx = Tensor::<1, Int>::from_data(
-                TensorData::new(open.iter().map(|&i| i as i64).collect(), [m]),
-                &device,
-            );
-            let out = attack.run(
-                model,
-                x0.clone().select(0, idx.clone()),
-                &goal.select(idx.clone()),
-            );
-            // Rows `open` take the stage's output: scatter it into zeros, then pick those rows.
-            let placed =
-                x0.zeros_like()
-                    .select_assign(0, idx, out.adversarial, IndexingUpdateOp::Add);
-            let mut chosen = vec![false; n];
+            let idx = row_indices(&open, &device);
+            let out = attack.run(model, x0.clone().select(0, idx.clone()), &goal.select(idx));
             for (j, &i) in open.iter().enumerate() {
-                chosen[i] = true;
                 if out.success[j] {
                     verdicts[i] = Verdict::BrokenBy(s);
                 }
             }
-            let rows = Tensor::<1, Bool>::from_data(TensorData::new(chosen, [n]), &device)
-                .reshape([n, 1, 1, 1])
-                .expand(x0.shape());
-            adversarial = adversarial.mask_where(rows, placed);
+            adversarial = place_rows(adversarial, &open, out.adversarial);
         }
         CascadeReport {
             output: AttackOutput::judge(model, goal, &x0, adversarial),

@@ -84,10 +84,10 @@ impl Attack for Mim {
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
         let x0 = images.detach().without_autodiff();
         let mut attempt = 0;
-        with_restarts(model, goal, &x0, self.restarts, || {
+        with_restarts(model, goal, &x0, self.restarts, |x, goal, _| {
             let random = self.random_start || attempt > 0;
             attempt += 1;
-            self.run_once(model, &x0, goal, random)
+            self.run_once(model, x, goal, random)
         })
     }
 }

@@ -3,38 +3,46 @@
 //!
 //! Every attack runs on a [`Classifier`]'s log-probabilities in evaluation mode (BatchNorm on
 //! running statistics, no parameter gradients) and returns adversarial images that stay inside
-//! `[0, 1]`, and inside the ε-ball around the input for the L∞ attacks (FGSM, BIM, PGD, MIM).
+//! `[0, 1]`, and inside the ε-ball around the input for the L∞ attacks (FGSM, BIM, PGD, MIM,
+//! APGD, APGD-T, FAB-T, Square and the cascades; FAB-T returns its closest adversarial point
+//! projected onto the ball).
 //! JSMA (L0), C&W-L2 and EAD (elastic net) have no fixed ball: they return their best successful
 //! example, or the clean image where they fail.
 
 pub mod adaptive;
 pub mod apgd;
+pub mod apgd_t;
 pub mod cascade;
 pub mod cw;
 pub mod ead;
+pub mod fab;
 pub mod fgsm;
 pub mod jsma;
 pub mod margin;
 pub mod mim;
 pub mod objective;
 pub mod pgd;
+pub mod square;
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::{Distribution, IndexingUpdateOp, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Ensemble, EnsembleOutput};
 pub use adaptive::Adaptive;
 pub use apgd::Apgd;
+pub use apgd_t::ApgdT;
 pub use cascade::{Cascade, CascadeReport, Verdict};
 pub use cw::CwL2;
 pub use ead::{DecisionRule, Ead};
+pub use fab::FabT;
 pub use fgsm::Fgsm;
 pub use jsma::Jsma;
 pub use margin::OptimSettings;
 pub use mim::Mim;
 pub use objective::{Criterion, Objective, Probe, restarted_ascent};
 pub use pgd::Pgd;
+pub use square::Square;
 
 /// The attacks selectable by name on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -58,8 +66,19 @@ pub enum AttackKind {
     ApgdCe,
     /// APGD (Croce & Hein, 2020) on the DLR loss of log F.
     ApgdDlr,
-    /// AutoAttack-style cascade: APGD-CE, then APGD-DLR on the examples still standing.
+    /// APGD-T (Croce & Hein, 2020): targeted DLR over the 9 classes ranked highest after the
+    /// prediction.
+    ApgdT,
+    /// FAB-T (Croce & Hein, 2020): the targeted fast adaptive boundary attack over the 9
+    /// classes ranked highest after the prediction.
+    FabT,
+    /// Square Attack (Andriushchenko et al., 2020): score-based, gradient-free, 5,000 queries.
+    Square,
+    /// AutoAttack's standard cascade (Croce & Hein, 2020): APGD-CE, APGD-T, FAB-T and Square,
+    /// each on the examples still standing.
     Autoattack,
+    /// The two-stage cascade: APGD-CE, then APGD-DLR on the examples still standing.
+    ApgdCascade,
     /// Adaptive attack on ADP (Tramer et al., 2020, §7): restarted PGD-20 then PGD-200.
     Adaptive,
 }
@@ -77,9 +96,19 @@ impl AttackKind {
             AttackKind::Ead => "ead",
             AttackKind::ApgdCe => "apgd-ce",
             AttackKind::ApgdDlr => "apgd-dlr",
+            AttackKind::ApgdT => "apgd-t",
+            AttackKind::FabT => "fab-t",
+            AttackKind::Square => "square",
             AttackKind::Autoattack => "autoattack",
+            AttackKind::ApgdCascade => "apgd-cascade",
             AttackKind::Adaptive => "adaptive",
         }
+    }
+
+    /// Whether every part of the attack follows gradients: false for Square and for autoattack,
+    /// whose last stage is Square. The indicators compare Square with these attacks.
+    pub fn gradient_only(self) -> bool {
+        !matches!(self, AttackKind::Square | AttackKind::Autoattack)
     }
 
     /// The parameter that Table 2 varies for this attack ("Para."): ε for the L∞ attacks, γ for
@@ -92,7 +121,11 @@ impl AttackKind {
             | AttackKind::Mim
             | AttackKind::ApgdCe
             | AttackKind::ApgdDlr
+            | AttackKind::ApgdT
+            | AttackKind::FabT
+            | AttackKind::Square
             | AttackKind::Autoattack
+            | AttackKind::ApgdCascade
             | AttackKind::Adaptive => MainParameter::Eps,
             AttackKind::Jsma => MainParameter::Gamma,
             AttackKind::Cw | AttackKind::Ead => MainParameter::C,
@@ -135,8 +168,9 @@ impl MainParameter {
 /// parameters take each attack's defaults: the paper's (Section 4.3 and Table 2) for its attacks —
 /// 10 steps of ε/10 for BIM, PGD and MIM with one restart and MIM's decay μ = 1; JSMA with θ = 0.2
 /// and γ = 0.3; 1000 iterations of learning rate 0.01 with κ = 0.1 and one binary-search step for
-/// C&W (c = 1) and EAD (c = 5, β = 0.01, decision rule EN) — Croce & Hein's for APGD and
-/// AutoAttack (100 iterations, one restart, no step size: APGD adapts its own), and
+/// C&W (c = 1) and EAD (c = 5, β = 0.01, decision rule EN) — Croce & Hein's for APGD, APGD-T
+/// and AutoAttack (100 iterations, one restart, no step size: APGD adapts its own; 9 target
+/// classes), Croce & Hein's for FAB-T (100 iterations, 9 targets, α_max = 0.1, η = 1.05, β = 0.9), Andriushchenko et al.'s for Square (5,000 queries, p_init = 0.8), and
 /// [`Adaptive::new`]'s for the adaptive attack (PGD-20 then PGD-200 with steps of ε/20, 5
 /// restarts, log F). Parameters an attack has no use for are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +218,9 @@ pub struct AttackSpec {
     /// What BIM, PGD and the adaptive attack ascend (default: cross-entropy on log F).
     #[serde(default)]
     pub objective: Option<Objective>,
+    /// Queries of Square, alone or as AutoAttack's last stage (default 5,000).
+    #[serde(default)]
+    pub queries: Option<usize>,
 }
 
 impl AttackSpec {
@@ -205,6 +242,7 @@ impl AttackSpec {
             beta: None,
             decision_rule: None,
             objective: None,
+            queries: None,
         }
     }
 
@@ -280,6 +318,7 @@ impl AttackSpec {
             "--steps (--iterations) must be at least 1"
         );
         anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
+        anyhow::ensure!(self.queries != Some(0), "--queries must be at least 1");
         non_negative("decay", self.decay)?;
         fraction("gamma", self.gamma)?;
         fraction("theta", self.theta)?;
@@ -318,6 +357,21 @@ impl AttackSpec {
             restarts: self.restarts.unwrap_or(1),
             ..Apgd::new(self.eps, objective)
         };
+        let apgd_t = ApgdT {
+            iterations: self.steps.unwrap_or(apgd::DEFAULT_ITERATIONS),
+            restarts: self.restarts.unwrap_or(1),
+            ..ApgdT::new(self.eps)
+        };
+        let fab_t = FabT {
+            iterations: self.steps.unwrap_or(apgd::DEFAULT_ITERATIONS),
+            restarts: self.restarts.unwrap_or(1),
+            ..FabT::new(self.eps)
+        };
+        let square = Square {
+            queries: self.queries.unwrap_or(square::DEFAULT_QUERIES),
+            restarts: self.restarts.unwrap_or(1),
+            ..Square::new(self.eps)
+        };
         match self.kind {
             AttackKind::Fgsm => Box::new(Fgsm { eps: self.eps }),
             AttackKind::Bim => Box::new(tuned(Pgd::bim(self.eps))),
@@ -344,9 +398,16 @@ impl AttackSpec {
             }),
             AttackKind::ApgdCe => Box::new(apgd(Objective::LogMeanSoftmax)),
             AttackKind::ApgdDlr => Box::new(apgd(Objective::Dlr)),
-            AttackKind::Autoattack => {
-                Box::new(Cascade::autoattack(apgd(Objective::LogMeanSoftmax)))
-            }
+            AttackKind::ApgdT => Box::new(apgd_t),
+            AttackKind::FabT => Box::new(fab_t),
+            AttackKind::Square => Box::new(square),
+            AttackKind::Autoattack => Box::new(Cascade::autoattack(
+                apgd(Objective::LogMeanSoftmax),
+                apgd_t,
+                fab_t,
+                square,
+            )),
+            AttackKind::ApgdCascade => Box::new(Cascade::apgd(apgd(Objective::LogMeanSoftmax))),
             AttackKind::Adaptive => {
                 let base = Adaptive::new(self.eps);
                 let adaptive = Adaptive {
@@ -637,44 +698,69 @@ pub fn input_gradient(model: &dyn Classifier, x: &Tensor<4>, goal: &Goal) -> Ten
     gradient_of(model, x, |m, x| goal.objective(m.log_probs(x))).0
 }
 
-/// Runs an attack `restarts` times (at least once); each example keeps the first adversarial
-/// example that meets the goal, or the last attempt's where none does.
+/// Runs an attack `restarts` times (at least once), each time only on the examples that no
+/// earlier attempt broke: `attempt` gets those examples' clean images, their goal and their
+/// indices in the batch, and returns their adversarial images. Each example keeps the first
+/// adversarial example that meets the goal, or the last attempt's where none does.
 pub fn with_restarts(
     model: &dyn Classifier,
     goal: &Goal,
     original: &Tensor<4>,
     restarts: usize,
-    mut attempt: impl FnMut() -> Tensor<4>,
+    mut attempt: impl FnMut(&Tensor<4>, &Goal, &Tensor<1, Int>) -> Tensor<4>,
 ) -> AttackOutput {
-    let mut best: Option<AttackOutput> = None;
+    let n = original.dims()[0];
+    let mut adversarial = original.clone();
+    let mut success = vec![false; n];
     for _ in 0..restarts.max(1) {
-        let out = AttackOutput::judge(model, goal, original, attempt());
-        best = Some(match best {
-            None => out,
-            Some(prev) => {
-                let keep: Vec<bool> = prev.success.clone();
-                AttackOutput {
-                    adversarial: out
-                        .adversarial
-                        .mask_where(example_mask(&keep, original), prev.adversarial),
-                    success: keep
-                        .iter()
-                        .zip(&out.success)
-                        .map(|(a, b)| *a || *b)
-                        .collect(),
-                    norms: keep
-                        .iter()
-                        .zip(prev.norms.iter().zip(&out.norms))
-                        .map(|(k, (p, o))| if *k { *p } else { *o })
-                        .collect(),
-                }
-            }
-        });
-        if best.as_ref().is_some_and(|b| b.success.iter().all(|s| *s)) {
+        let open: Vec<usize> = (0..n).filter(|&i| !success[i]).collect();
+        if open.is_empty() {
             break;
         }
+        let idx = row_indices(&open, &original.device());
+        let x = original.clone().select(0, idx.clone());
+        let sub_goal = goal.select(idx.clone());
+        let adv = attempt(&x, &sub_goal, &idx).detach().without_autodiff();
+        let met = sub_goal.achieved(model.log_probs(adv.clone()).detach().without_autodiff());
+        adversarial = place_rows(adversarial, &open, adv);
+        for (j, &i) in open.iter().enumerate() {
+            success[i] = met[j];
+        }
     }
-    best.expect("at least one attempt")
+    let norms = Norms::of(&adversarial, original);
+    AttackOutput {
+        adversarial,
+        success,
+        norms,
+    }
+}
+
+/// The batch indices `rows` as an index tensor.
+pub fn row_indices(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let m = rows.len();
+    Tensor::from_data(
+        TensorData::new(rows.iter().map(|&i| i as i64).collect(), [m]),
+        device,
+    )
+}
+
+/// `base` with its rows `rows` (in order) replaced by the rows of `values`.
+pub fn place_rows(base: Tensor<4>, rows: &[usize], values: Tensor<4>) -> Tensor<4> {
+    if rows.is_empty() {
+        return base;
+    }
+    let n = base.dims()[0];
+    let idx = row_indices(rows, &base.device());
+    // Scatter into zeros, then take those rows.
+    let placed = base
+        .zeros_like()
+        .select_assign(0, idx, values, IndexingUpdateOp::Add);
+    let mut chosen = vec![false; n];
+    for &i in rows {
+        chosen[i] = true;
+    }
+    base.clone()
+        .mask_where(example_mask(&chosen, &base), placed)
 }
 
 /// A per-example flag broadcast to the shape of `like` `[batch, C, H, W]`, for `mask_where`.
@@ -751,6 +837,61 @@ pub(crate) mod tests {
         .repeat_dim(0, n);
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d).repeat_dim(0, n);
         (model, x, y)
+    }
+
+    /// Four classes, 16 pixels `[n, 1, 4, 4]` in [0.4, 0.6], all of class 0: z_0 = u·x + b_0,
+    /// z_1 = −u·x, z_2 = z_3 = −50. Only class 1 is ever within reach, so the smallest L∞
+    /// perturbation that misclassifies x is, in closed form (no pixel meets the box [0, 1]
+    /// before ε = 0.4), ε* = (z_0 − z_1) / ‖w_0 − w_1‖₁, the `f64` returned (0.1 by the choice
+    /// of b_0).
+    pub(crate) fn linear_four_class(n: usize) -> (Linear, Tensor<4>, Tensor<1, Int>, f64) {
+        let d = Device::default();
+        let p = 16;
+        let u: Vec<f32> = (0..p)
+            .map(|i| ((i % 3) as f32 + 1.0) / 3.0 * if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let x: Vec<f32> = (0..p)
+            .map(|i| 0.5 + 0.05 * ((i * 7 % 5) as f32 - 2.0))
+            .collect();
+        let ux: f32 = u.iter().zip(&x).map(|(u, x)| u * x).sum();
+        let l1: f32 = 2.0 * u.iter().map(|u| u.abs()).sum::<f32>();
+        let b0 = 0.1 * l1 - 2.0 * ux;
+        let mut w = u.clone();
+        w.extend(u.iter().map(|u| -u));
+        w.extend(vec![0.0; 2 * p]);
+        let model = Linear {
+            w: Tensor::from_data(TensorData::new(w, [4, p]), &d),
+            b: Tensor::from_data(TensorData::new(vec![b0, 0.0, -50.0, -50.0], [4]), &d),
+        };
+        let z0 = ux + b0;
+        let z1 = -ux;
+        let eps_star = f64::from((z0 - z1) / l1);
+        let images = Tensor::<4>::from_data(TensorData::new(x, [1, 1, 4, 4]), &d).repeat_dim(0, n);
+        let labels = Tensor::<1, Int>::zeros([n], &d);
+        (model, images, labels, eps_star)
+    }
+
+    /// Runs `attack(ε)` at ε = 1.25 ε* and 0.8 ε*: it must break every example in the first
+    /// case and none in the second, staying inside its ball and [0, 1] in both.
+    pub(crate) fn assert_finds_exactly_the_closed_form_answer(
+        model: &dyn Classifier,
+        x: &Tensor<4>,
+        y: &Tensor<1, Int>,
+        eps_star: f64,
+        attack: impl Fn(f64) -> Box<dyn Attack>,
+    ) {
+        for (factor, expected) in [(1.25, true), (0.8, false)] {
+            let eps = factor * eps_star;
+            let a = attack(eps);
+            let out = a.attack(model, x.clone(), y.clone());
+            assert!(
+                out.success.iter().all(|s| *s == expected),
+                "{} at ε = {eps} (ε* = {eps_star}): success {:?}",
+                a.name(),
+                out.success
+            );
+            assert_in_budget(out.adversarial, x.clone(), eps);
+        }
     }
 
     pub(crate) fn floats(t: Tensor<4>) -> Vec<f32> {

@@ -110,6 +110,9 @@ pub struct Criterion {
     /// The clean prediction: the class the targeted DLR and the untargeted official loss push
     /// away from.
     source: Option<Tensor<1, Int>>,
+    /// What counts as success at a point: `goal` itself, except for APGD-T, which ascends a
+    /// targeted loss to meet an untargeted goal.
+    success: Goal,
 }
 
 /// Binds `objective` to `goal` on the clean batch `images` and runs `attempt` (one restart of an
@@ -125,7 +128,9 @@ pub fn restarted_ascent(
 ) -> super::AttackOutput {
     let x0 = images.detach().without_autodiff();
     let loss = Criterion::new(objective, model, &x0, goal);
-    super::with_restarts(model, goal, &x0, restarts, || attempt(&x0, &loss))
+    super::with_restarts(model, goal, &x0, restarts, |x, _, rows| {
+        attempt(x, &loss.select(rows.clone()))
+    })
 }
 
 /// One evaluation of a [`Criterion`] at a point.
@@ -161,6 +166,31 @@ impl Criterion {
             objective,
             goal: goal.clone(),
             source,
+            success: goal.clone(),
+        }
+    }
+
+    /// APGD-T's loss (Croce & Hein, 2020, §4): the targeted DLR from the labels `y` towards the
+    /// targets `t`, where any misclassification of `y` counts as success.
+    pub fn targeted_dlr(y: Tensor<1, Int>, t: Tensor<1, Int>) -> Self {
+        Self {
+            objective: Objective::Dlr,
+            goal: Goal::Targeted(t),
+            source: Some(y.clone()),
+            success: Goal::Untargeted(y),
+        }
+    }
+
+    /// The criterion of the examples at `rows` only.
+    pub fn select(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            objective: self.objective,
+            goal: self.goal.select(rows.clone()),
+            source: self.source.clone().map(|s| {
+                let rows = rows.clone().to_device(&s.device());
+                s.select(0, rows)
+            }),
+            success: self.success.select(rows),
         }
     }
 
@@ -216,7 +246,7 @@ impl Criterion {
             .log_mean_probs();
             (self.value(logits, log_f.clone()), log_f)
         });
-        let met = self.goal.achieved(log_f.detach().without_autodiff());
+        let met = self.success.achieved(log_f.detach().without_autodiff());
         Probe { grad, value, met }
     }
 }
@@ -292,6 +322,7 @@ mod tests {
                 objective,
                 goal: goal.clone(),
                 source: None,
+                success: goal.clone(),
             };
             let v = floats(c.value(z.clone(), log_f.clone()))[0];
             assert!((v - ce).abs() < 1e-5, "{objective:?}: {v} vs {ce}");
@@ -310,10 +341,12 @@ mod tests {
             &d,
         );
         let log_f = EnsembleOutput { logits: z.clone() }.log_mean_probs();
+        let goal = Goal::Untargeted(labels(vec![0]));
         let c = Criterion {
             objective: Objective::JointMembers,
-            goal: Goal::Untargeted(labels(vec![0])),
+            goal: goal.clone(),
             source: None,
+            success: goal,
         };
         let v = floats(c.value(z, log_f))[0];
         let expected = 4f32.ln() + 2f32.ln();
@@ -334,10 +367,12 @@ mod tests {
         let pred = 0;
         let norm: f32 = f.iter().map(|p| p.exp()).sum();
         let expected = -(f[pred].exp() / norm).ln();
+        let goal = Goal::Untargeted(labels(vec![2]));
         let c = Criterion {
             objective: Objective::Official,
-            goal: Goal::Untargeted(labels(vec![2])),
+            goal: goal.clone(),
             source: Some(labels(vec![pred as i64])),
+            success: goal,
         };
         let v = floats(c.value(z.clone(), log_f.clone()))[0];
         assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");

@@ -15,12 +15,13 @@ pub mod detect;
 pub mod diversity;
 pub mod ed_histogram;
 pub mod feature_tsne;
+pub mod indicators;
 pub mod neighbours;
 pub mod roc;
 pub mod transfer;
 pub mod tsne;
 
-use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, input_gradient, random_targets};
+use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, random_targets};
 use crate::data::{Batcher, Dataset};
 use crate::model::Ensemble;
 use diversity::{Removed, batch_log_ed};
@@ -87,6 +88,25 @@ pub struct RobustResult {
     pub success_rate: f64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Binomial standard error of `accuracy`, √(a(1 − a)/n).
+    #[serde(default)]
+    pub std_error: f64,
+    /// Accuracies of the repeats with the next seeds (`adp eval --seeds N`), after this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<f64>,
+}
+
+impl RobustResult {
+    /// Mean and sample standard deviation of the accuracy over this run and its repeats.
+    pub fn spread(&self) -> (f64, f64) {
+        let all: Vec<f64> = std::iter::once(self.accuracy)
+            .chain(self.repeats.iter().copied())
+            .collect();
+        let n = all.len() as f64;
+        let mean = all.iter().sum::<f64>() / n;
+        let var = all.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
 }
 
 /// Error rates of the members and the ensemble on `data`, in batches.
@@ -99,16 +119,7 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
     let victim = Victim::ensemble(model);
     for batch in Batcher::sequential(data, batch_size).iter(device) {
         let n = batch.labels.dims()[0];
-        let g = input_gradient(
-            &victim,
-            &batch.images,
-            &Goal::Untargeted(batch.labels.clone()),
-        );
-        let g_abs = g.abs().flatten::<2>(1, 3).sum_dim(1).flatten::<1>(0, 1);
-        zero_gradient += crate::attack::bools(g_abs.equal_elem(0.0))
-            .iter()
-            .filter(|z| **z)
-            .count();
+        zero_gradient += indicators::zero_gradients(&victim, &batch.images, batch.labels.clone());
         let out = model.forward(batch.images);
         for (j, w) in member_wrong.iter_mut().enumerate() {
             let z = out
@@ -316,6 +327,11 @@ pub fn robust(
 ) -> Result<RobustResult> {
     let set = attack_dataset(model, data, spec, targeted, None, batch_size, seed, device)?;
     let success_rate = AttackedSet::rate(&set.success);
+    let accuracy = if targeted {
+        1.0 - success_rate
+    } else {
+        AttackedSet::rate(&set.ensemble_correct)
+    };
     Ok(RobustResult {
         attack: spec.kind.name().into(),
         description: set.description,
@@ -323,13 +339,11 @@ pub fn robust(
         parameter: spec.parameter_label(),
         targeted,
         examples: data.len(),
-        accuracy: if targeted {
-            1.0 - success_rate
-        } else {
-            AttackedSet::rate(&set.ensemble_correct)
-        },
+        accuracy,
         success_rate,
         seconds: set.seconds,
+        std_error: indicators::std_error(accuracy, data.len()),
+        repeats: Vec::new(),
     })
 }
 
@@ -342,6 +356,9 @@ pub struct EvalReport {
     pub clean: CleanResult,
     /// Robust accuracy per attack and budget.
     pub robust: Vec<RobustResult>,
+    /// The indicators of a failed evaluation, one per budget ε of the L∞ attacks evaluated.
+    #[serde(default)]
+    pub indicators: Vec<indicators::Indicators>,
 }
 
 impl EvalReport {

@@ -132,6 +132,8 @@ mod tests {
                     accuracy: acc,
                     success_rate: 1.0 - acc,
                     seconds: 1.0,
+                    std_error: 0.0,
+                    repeats: Vec::new(),
                 },
                 RobustResult {
                     attack: "cw".into(),
@@ -143,8 +145,11 @@ mod tests {
                     accuracy: acc / 2.0,
                     success_rate: 1.0 - acc / 2.0,
                     seconds: 1.0,
+                    std_error: 0.0,
+                    repeats: Vec::new(),
                 },
             ],
+            indicators: Vec::new(),
         }
     }
 
