@@ -18,6 +18,10 @@ pub enum DeviceKind {
     /// The CPU through LibTorch, burn's `tch` backend (cargo feature `tch`; libtorch from the
     /// PyTorch wheel, see the README's Backends section).
     Tch,
+    /// An NVIDIA GPU through LibTorch (cargo feature `tch`): the CUDA build of the PyTorch wheel
+    /// brings `libtorch_cuda`, cuBLAS and cuDNN, so only the driver is needed. GPU 0 of those
+    /// `CUDA_VISIBLE_DEVICES` shows.
+    TchCuda,
 }
 
 /// Whether `device` runs on one of burn's CubeCL backends (`cuda`, `wgpu`). Those keep burn's
@@ -56,6 +60,16 @@ impl DeviceKind {
             #[cfg(feature = "tch")]
             #[allow(deprecated)]
             DeviceKind::Tch => Ok(Device::libtorch()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceKind::TchCuda => {
+                anyhow::ensure!(
+                    tch::Cuda::device_count() > 0,
+                    "--device tch-cuda: libtorch finds no CUDA GPU: {}",
+                    why_no_cuda()
+                );
+                Ok(Device::libtorch_cuda(0))
+            }
             #[allow(unreachable_patterns)]
             other => anyhow::bail!(
                 "--device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
@@ -73,6 +87,7 @@ impl DeviceKind {
             DeviceKind::Cuda => "cuda",
             DeviceKind::Wgpu => "wgpu",
             DeviceKind::Tch => "tch",
+            DeviceKind::TchCuda => "tch-cuda",
         }
     }
 
@@ -80,7 +95,9 @@ impl DeviceKind {
     fn build_env(self) -> &'static str {
         match self {
             // libtorch from the PyTorch wheel of `bash python/setup.sh` (README, Backends).
-            DeviceKind::Tch => "PATH=$PWD/.venv/bin:$PATH LIBTORCH_USE_PYTORCH=1 ",
+            DeviceKind::Tch | DeviceKind::TchCuda => {
+                "PATH=$PWD/.venv/bin:$PATH LIBTORCH_USE_PYTORCH=1 "
+            }
             _ => "",
         }
     }
@@ -90,8 +107,22 @@ impl DeviceKind {
             DeviceKind::Cpu => "flex",
             DeviceKind::Cuda => "cuda",
             DeviceKind::Wgpu => "wgpu",
-            DeviceKind::Tch => "tch",
+            DeviceKind::Tch | DeviceKind::TchCuda => "tch",
         }
+    }
+}
+
+/// Why libtorch sees no GPU: its CUDA library is not in the process (a CPU-only libtorch), no
+/// NVIDIA driver is loaded, or the driver's devices are hidden.
+#[cfg(feature = "tch")]
+fn why_no_cuda() -> &'static str {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if !maps.contains("libtorch_cuda") {
+        "this build's libtorch has no CUDA (libtorch_cuda.so is not loaded); build against the CUDA wheel that `bash python/setup.sh` installs"
+    } else if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        "no NVIDIA driver is loaded (/proc/driver/nvidia/version is missing); install the driver, or use --device tch on the CPU"
+    } else {
+        "the NVIDIA driver is loaded but shows no device; check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
     }
 }
 

@@ -439,7 +439,15 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
 
     let ad = device.clone().autodiff();
     ad.seed(config.seed);
-    let mut model = spec.init(&ad);
+    // Other backends draw their initial weights on the CPU and move them, so that a seed gives
+    // the same initial ensemble on every backend.
+    let cpu = DeviceKind::Cpu.device()?.autodiff();
+    let mut model = if cpu == ad {
+        spec.init(&ad)
+    } else {
+        cpu.seed(config.seed);
+        spec.init(&cpu).to_device(&ad)
+    };
     let mut optims: Vec<ModuleOptimizer> = (0..config.members)
         .map(|_| AdamConfig::new().with_epsilon(1e-7).init())
         .collect();
