@@ -227,10 +227,10 @@ pub fn run_fidelity(
     crate::io::write_toml(&out.join("fidelity.toml"), config)?;
     let clean_set = test.take(config.base.clean_examples);
     let attack_set = test.take(config.base.attack_examples);
-    let mut results = Vec::new();
-    // The first seed of every row before any row's repeats, so that a grid cut short has
-    // measured every row once.
+    // Every run of the grid in its order: the first seed of every row before any row's
+    // repeats, so that a grid cut short has measured every row once.
     let passes = config.rows.iter().map(|r| r.seeds.len()).max().unwrap_or(0);
+    let mut slots = Vec::new();
     for pass in 0..passes {
         for row in &config.rows {
             let Some(&seed) = row.seeds.get(pass) else {
@@ -239,30 +239,45 @@ pub fn run_fidelity(
             for &(alpha, beta) in &config.methods {
                 let tc = method_config(&row.train, seed, alpha, beta);
                 let dir = config.row_dir(out, row, seed);
-                let selected = only.is_empty() || only.contains(&row.name);
-                let report = match saved_report(&dir, &tc, &config.attacks, &attack_set)? {
-                    Some(r) => r,
-                    None if !selected => continue,
-                    None => evaluate_method(
-                        &tc,
-                        &dir,
-                        &clean_set,
-                        &attack_set,
-                        &config.attacks,
-                        config.base.eval_batch_size,
-                        &device,
-                    )?,
-                };
-                results.push(FidelityResult {
-                    row: row.name.clone(),
-                    seed,
-                    report,
-                });
-                // Written after every run, so an interrupted grid still reports what it measured.
-                write_outputs(config, &results, out)?;
+                let saved = saved_report(&dir, &tc, &config.attacks, &attack_set)?;
+                slots.push((row, seed, tc, dir, saved));
             }
         }
     }
+    // Every run measured before is in the report from the start, so that an interruption
+    // never leaves a report with fewer rows than the directory holds.
+    let measured = |slots: &[(&FidelityRow, u64, TrainConfig, PathBuf, Option<EvalReport>)]| {
+        slots
+            .iter()
+            .filter_map(|(row, seed, _, _, report)| {
+                report.clone().map(|report| FidelityResult {
+                    row: row.name.clone(),
+                    seed: *seed,
+                    report,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    write_outputs(config, &measured(&slots), out)?;
+    for i in 0..slots.len() {
+        let (row, _, tc, dir, saved) = &slots[i];
+        if saved.is_some() || !(only.is_empty() || only.contains(&row.name)) {
+            continue;
+        }
+        let report = evaluate_method(
+            tc,
+            dir,
+            &clean_set,
+            &attack_set,
+            &config.attacks,
+            config.base.eval_batch_size,
+            &device,
+        )?;
+        slots[i].4 = Some(report);
+        // Written after every run, so an interrupted grid still reports what it measured.
+        write_outputs(config, &measured(&slots), out)?;
+    }
+    let results = measured(&slots);
     Ok(results)
 }
 

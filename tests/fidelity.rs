@@ -213,3 +213,25 @@ fn reproduce_fidelity_tiny_measures_the_selected_rows_and_reuses_them() {
     elsewhere.extend(["--rows", "augment"]);
     assert_one_error(&adp(&elsewhere), "--rows", "--rows on mnist");
 }
+
+#[test]
+fn a_grid_stopped_by_a_failing_row_still_reports_every_row_measured_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut args = reproduce_tiny_args("fidelity", data(), &out);
+    args.extend(["--rows", "augment,budget"]);
+    adp_ok(&args);
+    // A row between the two fails: its run directory is a file.
+    std::fs::write(out.join("normalize-mean"), b"not a directory").unwrap();
+    let mut failing = reproduce_tiny_args("fidelity", data(), &out);
+    failing.extend(["--rows", "normalize-mean"]);
+    assert!(!adp(&failing).status.success());
+    let json = read_json(&out.join("fidelity.json"));
+    let rows: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["row"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["augment", "augment", "budget", "budget"]);
+}
