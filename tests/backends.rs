@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use adp::data::synthetic::write_synthetic_mnist;
-use common::{adp, adp_ok, scratch};
+use common::{adp, adp_ok, scratch, train_args};
 
 fn data() -> &'static Path {
     static DONE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -23,23 +23,9 @@ fn data() -> &'static Path {
 /// Trains 2 CNN members for one epoch on `device` into `name`.
 fn train_on(device: &str, name: &str) -> PathBuf {
     let out = scratch().join(name);
-    adp_ok(&[
-        "train",
-        "--model",
-        "cnn",
-        "--members",
-        "2",
-        "--epochs",
-        "1",
-        "--seed",
-        "5",
-        "--device",
-        device,
-        "--data-dir",
-        data().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
+    args.extend(["--device", device]);
+    adp_ok(&args);
     out
 }
 
@@ -121,21 +107,9 @@ fn wgpu_trains_evaluates_and_attacks_as_flex_does() {
 #[test]
 fn tch_cuda_trains_on_a_gpu_or_says_in_one_line_what_is_missing() {
     let out = scratch().join("tch-cuda");
-    let o = adp(&[
-        "train",
-        "--model",
-        "cnn",
-        "--members",
-        "2",
-        "--epochs",
-        "1",
-        "--device",
-        "tch-cuda",
-        "--data-dir",
-        data().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
+    args.extend(["--device", "tch-cuda"]);
+    let o = adp(&args);
     if o.status.success() {
         assert!(out.join("model.safetensors").exists());
     } else {

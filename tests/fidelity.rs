@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use adp::data::synthetic::write_synthetic_mnist;
-use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr};
+use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, train_args};
 
 fn data() -> &'static Path {
     static DONE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -21,19 +21,7 @@ fn data() -> &'static Path {
 /// history and its model description.
 fn train_with(name: &str, extra: &[&str]) -> (String, String) {
     let out = scratch().join(name);
-    let mut args = vec![
-        "train",
-        "--model",
-        "cnn",
-        "--members",
-        "2",
-        "--epochs",
-        "1",
-        "--data-dir",
-        data().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
     args.extend(extra);
     adp_ok(&args);
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
