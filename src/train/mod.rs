@@ -439,15 +439,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
 
     let ad = device.clone().autodiff();
     ad.seed(config.seed);
-    // Other backends draw their initial weights on the CPU and move them, so that a seed gives
-    // the same initial ensemble on every backend.
-    let cpu = DeviceKind::Cpu.device()?.autodiff();
-    let mut model = if cpu == ad {
-        spec.init(&ad)
-    } else {
-        cpu.seed(config.seed);
-        spec.init(&cpu).to_device(&ad)
-    };
+    let mut model = initial_ensemble(&spec, config.seed, &ad)?;
     let mut optims: Vec<ModuleOptimizer> = (0..config.members)
         .map(|_| AdamConfig::new().with_epsilon(1e-7).init())
         .collect();
@@ -870,6 +862,22 @@ pub fn train_step(
         ),
     };
     Ok((model, metrics))
+}
+
+/// The initial ensemble of `spec` for seed `seed`, as trainable parameters on `device` (an
+/// autodiff device). Other backends than the CPU draw the weights from the CPU's generator and
+/// move them, so that a seed gives the same initial ensemble on every backend. burn initialises
+/// a parameter lazily, on the device it is first used on, unless a clone shares it; so a clone
+/// is kept alive across the move. `fork`, unlike `to_device`, makes the moved parameters leaves
+/// of `device`'s own autodiff graph: parameters moved with `to_device` are intermediate tensors
+/// that an optimizer step cannot train.
+pub fn initial_ensemble(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Ensemble> {
+    let cpu = DeviceKind::Cpu.device()?.autodiff();
+    cpu.seed(seed);
+    let drawn = spec.init(&cpu);
+    let moved = drawn.clone().fork(device);
+    drop(drawn);
+    Ok(moved)
 }
 
 #[allow(clippy::too_many_arguments)]
