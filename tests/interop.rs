@@ -81,7 +81,7 @@ fn write_run(
 }
 
 fn logits(model: &Ensemble, x: &Tensor<4>) -> Vec<f64> {
-    adp::eval::floats(model.forward(x.clone()).logits)
+    adp::tensor::floats(model.forward(x.clone()).logits)
 }
 
 fn import_opts(file: &Path, dataset: Option<DatasetKind>, out: PathBuf) -> ImportOptions {

@@ -557,7 +557,7 @@ impl Norms {
     pub fn of(adversarial: &Tensor<4>, original: &Tensor<4>) -> Vec<Norms> {
         let delta = (adversarial.clone() - original.clone()).flatten::<2>(1, 3);
         let abs = delta.abs();
-        let col = |t: Tensor<2>| crate::eval::floats(t.flatten::<1>(0, 1));
+        let col = |t: Tensor<2>| crate::tensor::floats::<f64, _>(t.flatten::<1>(0, 1));
         let l0 = col(abs.clone().greater_elem(1e-6).float().sum_dim(1));
         let l1 = col(abs.clone().sum_dim(1));
         let l2 = col(abs.clone().powi_scalar(2).sum_dim(1).sqrt());
@@ -800,6 +800,7 @@ pub fn random_targets(labels: &Tensor<1, Int>, num_classes: usize, seed: u64) ->
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::tensor::floats;
 
     /// A linear softmax classifier z = W·flatten(x) + b, whose input gradient is known in closed form.
     pub(crate) struct Linear {
@@ -894,13 +895,9 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn floats(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_into_vec_as::<f32>().unwrap()
-    }
-
     /// Asserts that `adv` lies in [0, 1] and within `eps` (L∞) of `x`.
     pub(crate) fn assert_in_budget(adv: Tensor<4>, x: Tensor<4>, eps: f64) {
-        let (a, x) = (floats(adv), floats(x));
+        let (a, x) = (floats::<f32, _>(adv), floats::<f32, _>(x));
         for (a, x) in a.iter().zip(&x) {
             assert!((0.0..=1.0).contains(a), "pixel {a} left [0, 1]");
             assert!(((a - x).abs() as f64) <= eps + 1e-6, "|{a} - {x}| > {eps}");

@@ -118,7 +118,7 @@ pub fn reference(
     for batch in Batcher::sequential(data, 250).iter(device) {
         let z = model.forward(batch.images).logits;
         dims = z.dims();
-        logits.extend(crate::eval::floats(z).into_iter().map(|v| v as f32));
+        logits.extend(crate::tensor::floats::<f32, _>(z));
     }
     let labels: Vec<i64> = data.labels.iter().map(|&l| l as i64).collect();
     vec![

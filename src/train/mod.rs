@@ -747,7 +747,10 @@ fn check_finite(
     // The metrics were measured before each update; the last update shows in the outputs.
     let batch = Batcher::sequential(data, config.batch_size.min(data.len())).batch(0, device);
     let logits = model.valid().forward(batch.images).logits;
-    if !crate::eval::floats(logits).iter().all(|v| v.is_finite()) {
+    if !crate::tensor::floats::<f64, _>(logits)
+        .iter()
+        .all(|v| v.is_finite())
+    {
         return Err("its outputs on the first training batch".into());
     }
     Ok(())
@@ -888,7 +891,7 @@ fn run_epoch(
     if config.augment {
         batcher = batcher.augmented(config.seed, epoch);
     }
-    let bar = crate::report::progress_bar(
+    let bar = crate::progress::start(
         batcher.num_batches() as u64,
         &format!("{} epoch {}/{}", config.label(), epoch + 1, config.epochs),
     );
@@ -942,7 +945,7 @@ fn run_epoch(
             ));
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let s = seen as f64;
     Ok((
         model,
