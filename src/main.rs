@@ -619,7 +619,8 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| dataset.default_dir());
     if let Some(table) = table {
         let config = TableConfig::preset(table, args.preset, dataset, data_dir, args.device)?;
-        run_table(&config, &out)?;
+        let (_, md) = run_table(&config, &out)?;
+        println!("{md}");
         println!("written to {}", out.display());
         return Ok(());
     }
@@ -638,11 +639,14 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         }
         None => {
             let config = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
-            reproduce(&config, &out).map(|_| ())
+            let (_, md) = reproduce(&config, &out)?;
+            println!("{md}");
+            Ok(())
         }
         Some(figure) => {
             let config = FigureConfig::preset(figure, args.preset, dataset, data_dir, args.device);
-            run_figure(&config, &out)?;
+            let (_, md) = run_figure(&config, &out)?;
+            println!("{md}");
             println!("written to {}", out.display());
             Ok(())
         }

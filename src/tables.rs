@@ -640,8 +640,8 @@ impl TableResults {
 }
 
 /// Trains (or reuses) the methods of `config` into `out`, evaluates them and writes the table's
-/// files; returns the results.
-pub fn run_table(config: &TableConfig, out: &Path) -> Result<TableResults> {
+/// files; returns the results and the table in Markdown.
+pub fn run_table(config: &TableConfig, out: &Path) -> Result<(TableResults, String)> {
     let rc = &config.reproduce;
     let device = rc.train.device.device()?;
     let test = load_or_fetch_test(rc)?;
@@ -666,8 +666,7 @@ pub fn run_table(config: &TableConfig, out: &Path) -> Result<TableResults> {
     let results = TableResults::new(config, runs);
     crate::io::write_json(&out.join(format!("{name}.json")), &results)?;
     let md = results.write(config, out)?;
-    println!("{md}");
-    Ok(results)
+    Ok((results, md))
 }
 
 /// Rewrites `tableN.md` and `tableN.csv` of every table whose `tableN.json` `dir` holds, from

@@ -100,11 +100,11 @@ pub fn feature_tsne(
         let seconds = start.elapsed().as_secs_f64();
         let flat: Vec<f32> = coords.iter().flatten().copied().collect();
         let embedded = nearest(&flat, 2, NEIGHBOURS)?;
-        eprintln!(
+        crate::progress::note(&format!(
             "{label}: t-SNE of member {} ({} points, D = {dim}) in {seconds:.1} s",
             m + 1,
             data.len()
-        );
+        ));
         members.push(MemberEmbedding {
             coords,
             feature_agreement: class_agreement(&nb, &data.labels),

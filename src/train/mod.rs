@@ -482,7 +482,11 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
                 .with_context(|| format!("cannot load {}", path.display()))
                 .map_err(advise)?;
         }
-        eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
+        crate::progress::note(&format!(
+            "resuming {} after epoch {}",
+            run.display(),
+            state.epoch
+        ));
     }
     model = apply_frozen(model, &state.frozen);
 
@@ -510,7 +514,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             seconds: start.elapsed().as_secs_f64(),
             ..metrics
         };
-        eprintln!(
+        crate::progress::note(&format!(
             "epoch {}/{}: loss {:.4}  ECE {:.4}  H {:.3}  logED {:.2}  acc {:.2}%  lr {:.0e}  {:.0}s",
             metrics.epoch,
             config.epochs,
@@ -521,7 +525,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             100.0 * metrics.accuracy,
             metrics.lr,
             metrics.seconds
-        );
+        ));
         check_finite(&model, &metrics, &data, config, &device).map_err(|what| {
             let last = last_good(run);
             anyhow::anyhow!(
@@ -792,10 +796,10 @@ fn update_freezing(config: &TrainConfig, state: &mut TrainState, member_ce: &[f6
             && state.stale[k] >= config.freeze.patience
             && !state.frozen[k]
         {
-            eprintln!(
+            crate::progress::note(&format!(
                 "member {k} converged (no progress for {} epochs): frozen",
                 state.stale[k]
-            );
+            ));
             state.frozen[k] = true;
         }
     }
