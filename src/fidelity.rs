@@ -166,7 +166,7 @@ impl FidelityConfig {
         for name in only {
             ensure!(
                 known.contains(&name.as_str()),
-                "--rows: no row named '{name}'; the rows are {}",
+                "rows: no row named '{name}'; the rows are {}",
                 known.join(", ")
             );
         }

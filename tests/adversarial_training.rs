@@ -150,7 +150,7 @@ fn bad_advt_options_give_one_clear_error() {
     write_synthetic_mnist(&data, 20, 10, 5).unwrap();
     let out = dir.path().join("never");
     for (eps, expected) in [
-        ("0.05,0.01", "--adv-eps must be MIN,MAX"),
+        ("0.05,0.01", "`eps_min`, `eps_max` must satisfy"),
         ("0.1", "--adv-eps takes two numbers"),
     ] {
         let o = adp(&[

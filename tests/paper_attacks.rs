@@ -180,11 +180,11 @@ fn a_bad_attack_parameter_gives_one_clear_error() {
     let cases: [(&[&str], &str); 4] = [
         (
             &["--attack", "jsma", "--gamma", "0"],
-            "--gamma must lie in (0, 1], got 0",
+            "`gamma` must lie in (0, 1], got 0",
         ),
         (
             &["--attack", "jsma", "--eps", "0.3", "--theta", "2"],
-            "--theta must lie in (0, 1]",
+            "`theta` must lie in (0, 1]",
         ),
         (
             &["--attack", "pgd", "--c", "1"],

@@ -291,34 +291,31 @@ impl AttackSpec {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.eps.is_finite() && (0.0..=1.0).contains(&self.eps),
-            "--eps must lie in [0, 1] (pixels are in [0, 1]), got {}",
+            "`eps` must lie in [0, 1] (pixels are in [0, 1]), got {}",
             self.eps
         );
         let positive = |name: &str, v: Option<f64>| match v {
             Some(v) if !(v.is_finite() && v > 0.0) => {
-                anyhow::bail!("--{name} must be a finite number > 0, got {v}")
+                anyhow::bail!("`{name}` must be a finite number > 0, got {v}")
             }
             _ => Ok(()),
         };
         let non_negative = |name: &str, v: Option<f64>| match v {
             Some(v) if !(v.is_finite() && v >= 0.0) => {
-                anyhow::bail!("--{name} must be a finite number >= 0, got {v}")
+                anyhow::bail!("`{name}` must be a finite number >= 0, got {v}")
             }
             _ => Ok(()),
         };
         let fraction = |name: &str, v: Option<f64>| match v {
             Some(v) if !(v > 0.0 && v <= 1.0) => {
-                anyhow::bail!("--{name} must lie in (0, 1], got {v}")
+                anyhow::bail!("`{name}` must lie in (0, 1], got {v}")
             }
             _ => Ok(()),
         };
-        positive("step-size", self.step_size)?;
-        anyhow::ensure!(
-            self.steps != Some(0),
-            "--steps (--iterations) must be at least 1"
-        );
-        anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
-        anyhow::ensure!(self.queries != Some(0), "--queries must be at least 1");
+        positive("step_size", self.step_size)?;
+        anyhow::ensure!(self.steps != Some(0), "`steps` must be at least 1");
+        anyhow::ensure!(self.restarts != Some(0), "`restarts` must be at least 1");
+        anyhow::ensure!(self.queries != Some(0), "`queries` must be at least 1");
         non_negative("decay", self.decay)?;
         fraction("gamma", self.gamma)?;
         fraction("theta", self.theta)?;
@@ -327,7 +324,7 @@ impl AttackSpec {
         positive("lr", self.lr)?;
         anyhow::ensure!(
             self.binary_search_steps != Some(0),
-            "--binary-search-steps must be at least 1"
+            "`binary_search_steps` must be at least 1"
         );
         non_negative("beta", self.beta)?;
         Ok(())
@@ -924,17 +921,17 @@ pub(crate) mod tests {
         );
         let bad = |spec: AttackSpec| spec.validate().unwrap_err().to_string();
         let jsma = AttackSpec::main(AttackKind::Jsma, 0.0);
-        assert_eq!(bad(jsma), "--gamma must lie in (0, 1], got 0");
+        assert_eq!(bad(jsma), "`gamma` must lie in (0, 1], got 0");
         let cw = AttackSpec {
             kappa: Some(-1.0),
             ..AttackSpec::main(AttackKind::Cw, 1.0)
         };
-        assert_eq!(bad(cw), "--kappa must be a finite number >= 0, got -1");
+        assert_eq!(bad(cw), "`kappa` must be a finite number >= 0, got -1");
         let ead = AttackSpec {
             binary_search_steps: Some(0),
             ..AttackSpec::main(AttackKind::Ead, 5.0)
         };
-        assert_eq!(bad(ead), "--binary-search-steps must be at least 1");
+        assert_eq!(bad(ead), "`binary_search_steps` must be at least 1");
     }
 
     #[test]

@@ -177,7 +177,7 @@ pub fn indicators(
 ) -> Result<Indicators> {
     ensure!(
         eps.is_finite() && eps > 0.0 && eps <= 1.0,
-        "the indicators need an --eps in (0, 1], got {eps}"
+        "the indicators need an `eps` in (0, 1], got {eps}"
     );
     ensure!(!data.is_empty(), "the indicators need at least one example");
     ensure!(

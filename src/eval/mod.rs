@@ -239,7 +239,7 @@ pub fn attack_dataset(
     if let Some(k) = member {
         ensure!(
             k < model.len(),
-            "--member {k} does not exist: the ensemble has members 0..{}",
+            "member {k} does not exist: the ensemble has members 0..{}",
             model.len() - 1
         );
     }

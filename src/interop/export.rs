@@ -83,7 +83,7 @@ pub fn export_run(run: &Path, opts: &ExportOptions, device: &Device) -> Result<E
     }
     crate::io::atomic_write(&meta_path(&opts.out), json.as_bytes())?;
     if let Some(n) = opts.reference {
-        ensure!(n >= 1, "--reference must be at least 1");
+        ensure!(n >= 1, "`reference` must be at least 1");
         let config = config.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "{} has no config.toml, so its data set is unknown",
