@@ -65,14 +65,14 @@ impl DeviceKind {
             DeviceKind::TchCuda => {
                 anyhow::ensure!(
                     tch::Cuda::device_count() > 0,
-                    "--device tch-cuda: libtorch finds no CUDA GPU: {}",
+                    "device tch-cuda: libtorch finds no CUDA GPU: {}",
                     why_no_cuda()
                 );
                 Ok(Device::libtorch_cuda(0))
             }
             #[allow(unreachable_patterns)]
             other => anyhow::bail!(
-                "--device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
+                "device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
                 other.name(),
                 other.build_env(),
                 other.feature()
