@@ -164,11 +164,11 @@ fn time(warmup: usize, steps: usize, mut step: impl FnMut()) -> f64 {
 
 /// Runs every measurement of `config`, calling `report_row` as each row finishes.
 pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Result<BenchReport> {
-    anyhow::ensure!(config.steps >= 1, "--steps must be at least 1");
-    anyhow::ensure!(config.batch_size >= 1, "--batch-size must be at least 1");
+    anyhow::ensure!(config.steps >= 1, "`steps` must be at least 1");
+    anyhow::ensure!(config.batch_size >= 1, "`batch_size` must be at least 1");
     anyhow::ensure!(
         config.members.iter().all(|&k| k >= 2),
-        "--members must all be at least 2"
+        "`members` must all be at least 2"
     );
     let device = config.device.device()?;
     let ad = device.clone().autodiff();

@@ -16,7 +16,7 @@ pub enum DeviceKind {
     /// Any GPU through wgpu (Vulkan/Metal/DX12; cargo feature `wgpu`).
     Wgpu,
     /// The CPU through LibTorch, burn's `tch` backend (cargo feature `tch`; libtorch from the
-    /// PyTorch wheel, see the README's Backends section).
+    /// PyTorch wheel, see docs/backends.md).
     Tch,
     /// An NVIDIA GPU through LibTorch (cargo feature `tch`): the CUDA build of the PyTorch wheel
     /// brings `libtorch_cuda`, cuBLAS and cuDNN, so only the driver is needed. GPU 0 of those
@@ -65,14 +65,14 @@ impl DeviceKind {
             DeviceKind::TchCuda => {
                 anyhow::ensure!(
                     tch::Cuda::device_count() > 0,
-                    "--device tch-cuda: libtorch finds no CUDA GPU: {}",
+                    "device tch-cuda: libtorch finds no CUDA GPU: {}",
                     why_no_cuda()
                 );
                 Ok(Device::libtorch_cuda(0))
             }
             #[allow(unreachable_patterns)]
             other => anyhow::bail!(
-                "--device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
+                "device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
                 other.name(),
                 other.build_env(),
                 other.feature()
@@ -94,7 +94,7 @@ impl DeviceKind {
     /// Environment the build of this device's feature needs.
     fn build_env(self) -> &'static str {
         match self {
-            // libtorch from the PyTorch wheel of `bash python/setup.sh` (README, Backends).
+            // libtorch from the PyTorch wheel of `bash python/setup.sh` (docs/backends.md).
             DeviceKind::Tch | DeviceKind::TchCuda => {
                 "PATH=$PWD/.venv/bin:$PATH LIBTORCH_USE_PYTORCH=1 "
             }

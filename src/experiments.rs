@@ -154,8 +154,8 @@ pub enum FigureResults {
 }
 
 /// Trains (or reuses) the methods of `config` into `out`, runs the experiment and writes its
-/// files; returns the results.
-pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<FigureResults> {
+/// files; returns the results and their Markdown report.
+pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<(FigureResults, String)> {
     let rc = &config.reproduce;
     let device = rc.train.device.device()?;
     let test = load_or_fetch_test(rc)?.take(config.examples);
@@ -179,7 +179,11 @@ pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<FigureResults> {
                     for targeted in [false, true] {
                         let m =
                             transfer_matrix(&model, &test, spec, targeted, bs, tc.seed, &device)?;
-                        eprintln!("{}: transfer matrix of {}", report.label, m.title());
+                        crate::progress::note(&format!(
+                            "{}: transfer matrix of {}",
+                            report.label,
+                            m.title()
+                        ));
                         report.matrices.push(m);
                     }
                 }
@@ -188,13 +192,16 @@ pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<FigureResults> {
             Figure::Detect => {
                 let r = detect(&model, &label, &test, &config.attacks, bs, tc.seed, &device)?;
                 for a in &r.attacks {
-                    eprintln!("{label}: {} detection AUC {:.3}", a.description, a.auc);
+                    crate::progress::note(&format!(
+                        "{label}: {} detection AUC {:.3}",
+                        a.description, a.auc
+                    ));
                 }
                 detection.push(r);
             }
             Figure::EdHistogram => {
                 let h = ed_histogram(&model, &label, &test, bs, &device);
-                eprintln!("{label}: median log ED {:.3}", h.median);
+                crate::progress::note(&format!("{label}: median log ED {:.3}", h.median));
                 hists.push(h);
             }
             Figure::Tsne => {
@@ -211,8 +218,7 @@ pub fn run_figure(config: &FigureConfig, out: &Path) -> Result<FigureResults> {
     };
     results.save_json(out)?;
     let md = results.write(config, out)?;
-    println!("{md}");
-    Ok(results)
+    Ok((results, md))
 }
 
 impl FigureResults {

@@ -24,6 +24,7 @@ use crate::attack::{AttackKind, AttackSpec, Objective};
 use crate::data::{Dataset, Normalization};
 use crate::eval::EvalReport;
 use crate::model::ModelKind;
+use crate::report::plots::GridBars;
 use crate::reproduce::{Preset, ReproduceConfig, evaluate_method, load_or_fetch_test};
 use crate::train::TrainConfig;
 
@@ -165,7 +166,7 @@ impl FidelityConfig {
         for name in only {
             ensure!(
                 known.contains(&name.as_str()),
-                "--rows: no row named '{name}'; the rows are {}",
+                "rows: no row named '{name}'; the rows are {}",
                 known.join(", ")
             );
         }
@@ -291,7 +292,14 @@ pub fn write_outputs(
     let md = markdown(config, results);
     crate::io::atomic_write(&out.join("fidelity.md"), md.as_bytes())?;
     crate::io::atomic_write(&out.join("fidelity.csv"), csv(results).as_bytes())?;
-    let lines = summarise(config, results);
+    let lines: Vec<GridBars> = summarise(config, results)
+        .into_iter()
+        .map(|l| GridBars {
+            bars: l.cells.iter().skip(2).map(|c| (c.mean, c.se)).collect(),
+            row: l.row,
+            label: l.label,
+        })
+        .collect();
     let figure = crate::report::plots::FidelityFigure {
         lines: &lines,
         titles: &attack_titles(config),

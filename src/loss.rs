@@ -85,17 +85,17 @@ impl AdpConfig {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
         anyhow::ensure!(
             ok(self.alpha),
-            "--alpha must be a finite number >= 0, got {}",
+            "`alpha` must be a finite number >= 0, got {}",
             self.alpha
         );
         anyhow::ensure!(
             ok(self.beta),
-            "--beta must be a finite number >= 0, got {}",
+            "`beta` must be a finite number >= 0, got {}",
             self.beta
         );
         anyhow::ensure!(
             self.temperature.is_finite() && self.temperature > 0.0,
-            "--temperature must be > 0, got {}",
+            "`temperature` must be > 0, got {}",
             self.temperature
         );
         anyhow::ensure!(

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
 use adp::data::{DatasetKind, Normalization, Split, fetch, load_dataset};
@@ -16,6 +17,7 @@ use adp::experiments::{Figure, FigureConfig, rebuild, run_figure};
 use adp::fidelity::{FidelityConfig, run_fidelity};
 use adp::loss::{AdpConfig, Diversity, alpha_for_confidence};
 use adp::model::ModelKind;
+use adp::progress::{Progress, Task};
 use adp::reproduce::{Preset, ReproduceConfig, reproduce};
 use adp::tables::{Table, TableConfig, run_table};
 use adp::train::adversarial::{AdvAttack, AdvTrainConfig};
@@ -478,7 +480,47 @@ struct ReproduceArgs {
     rows: Vec<String>,
 }
 
+/// The library's progress on stderr: an indicatif bar per task (hidden when stderr is not a
+/// terminal) and one line per note.
+struct StderrProgress;
+
+impl Progress for StderrProgress {
+    fn start(&self, len: u64, name: &str) -> Box<dyn Task> {
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        Box::new(Bar(bar))
+    }
+
+    fn note(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl Task for Bar {
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn set_message(&self, message: String) {
+        self.0.set_message(message);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
 fn main() -> ExitCode {
+    adp::progress::install(StderrProgress);
     let matches = Cli::command().get_matches();
     let result = Cli::from_arg_matches(&matches)
         .map_err(anyhow::Error::from)
@@ -577,7 +619,8 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| dataset.default_dir());
     if let Some(table) = table {
         let config = TableConfig::preset(table, args.preset, dataset, data_dir, args.device)?;
-        run_table(&config, &out)?;
+        let (_, md) = run_table(&config, &out)?;
+        println!("{md}");
         println!("written to {}", out.display());
         return Ok(());
     }
@@ -596,11 +639,14 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         }
         None => {
             let config = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
-            reproduce(&config, &out).map(|_| ())
+            let (_, md) = reproduce(&config, &out)?;
+            println!("{md}");
+            Ok(())
         }
         Some(figure) => {
             let config = FigureConfig::preset(figure, args.preset, dataset, data_dir, args.device);
-            run_figure(&config, &out)?;
+            let (_, md) = run_figure(&config, &out)?;
+            println!("{md}");
             println!("written to {}", out.display());
             Ok(())
         }

@@ -186,11 +186,11 @@ pub fn train_or_reuse(config: &TrainConfig, out: &Path) -> Result<PathBuf> {
             run.display()
         );
         if run.join("model.safetensors").exists() {
-            eprintln!(
+            crate::progress::note(&format!(
                 "{}: finished run found in {}, reusing it",
                 config.label(),
                 run.display()
-            );
+            ));
             return Ok(run);
         }
         train(config, &run, true)?;
@@ -214,8 +214,9 @@ pub fn load_or_fetch_test(config: &ReproduceConfig) -> Result<Dataset> {
     }
 }
 
-/// Runs the whole reproduction into `out` and returns one report per method.
-pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>> {
+/// Runs the whole reproduction into `out` and returns one report per method, with the
+/// comparison table in Markdown (also written to `out/report.md`).
+pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<(Vec<EvalReport>, String)> {
     let device = config.train.device.device()?;
     let test = load_or_fetch_test(config)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -238,8 +239,7 @@ pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<Vec<EvalReport>
     }
     crate::io::write_json(&out.join("report.json"), &reports)?;
     let md = write_report(config, &reports, out)?;
-    println!("{md}");
-    Ok(reports)
+    Ok((reports, md))
 }
 
 /// Trains (or reuses) the run of `tc` inside `out`, measures its clean error on `clean_set`
@@ -268,12 +268,12 @@ pub fn evaluate_method(
     };
     for spec in attacks {
         let r = robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?;
-        eprintln!(
+        crate::progress::note(&format!(
             "{}: {} accuracy {:.1}%",
             report.label,
             r.description,
             100.0 * r.accuracy
-        );
+        ));
         report.robust.push(r);
     }
     report.save(&run)?;

@@ -7,11 +7,12 @@ mod common;
 use adp::data::synthetic::write_synthetic_mnist;
 use adp::data::{Batcher, DatasetKind, Split, load_idx_dataset};
 use adp::loss::{Diversity, ensemble_cross_entropy};
+use adp::tensor::floats;
 use adp::train::adversarial::{AdvAttack, AdvTrainConfig, adversarial_batch};
 use adp::train::{Method, TrainConfig};
 use burn::module::Module;
 use burn::prelude::*;
-use common::{adp, adp_ok, assert_fails_with, cnn_spec, floats, stdout};
+use common::{adp, adp_ok, assert_fails_with, cnn_spec, stdout};
 
 #[test]
 fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_range() {
@@ -26,7 +27,7 @@ fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_rang
         let config = AdvTrainConfig::paper(attack);
         for step in 0..3 {
             let batch = Batcher::sequential(&data, 16).batch(step, &ad);
-            let clean = floats(batch.images.clone());
+            let clean = floats::<f32, _>(batch.images.clone());
             let (mixed, eps) = adversarial_batch(&model, batch.clone(), &config, 7, 0, step);
             assert!((0.01..=0.05).contains(&eps), "{eps}");
             assert_eq!(eps, config.eps_for(7, 0, step));
@@ -38,7 +39,7 @@ fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_rang
                 [y.clone(), y].concat(),
                 "labels repeat for the adversarial half"
             );
-            let pixels = floats(mixed.images.clone());
+            let pixels = floats::<f32, _>(mixed.images.clone());
             let (first, second) = pixels.split_at(clean.len());
             assert_eq!(first, clean.as_slice(), "the first half is the clean batch");
             let mut moved = 0;
@@ -56,7 +57,7 @@ fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_rang
                 .clone()
                 .valid()
                 .forward(mixed.images.without_autodiff());
-            let ce = floats(ensemble_cross_entropy(
+            let ce = floats::<f32, _>(ensemble_cross_entropy(
                 logits.logits,
                 mixed.labels.without_autodiff(),
                 1.0,
@@ -149,7 +150,7 @@ fn bad_advt_options_give_one_clear_error() {
     write_synthetic_mnist(&data, 20, 10, 5).unwrap();
     let out = dir.path().join("never");
     for (eps, expected) in [
-        ("0.05,0.01", "--adv-eps must be MIN,MAX"),
+        ("0.05,0.01", "`eps_min`, `eps_max` must satisfy"),
         ("0.1", "--adv-eps takes two numbers"),
     ] {
         let o = adp(&[

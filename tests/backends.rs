@@ -113,7 +113,7 @@ fn tch_cuda_trains_on_a_gpu_or_says_in_one_line_what_is_missing() {
     } else {
         common::assert_one_error(
             &o,
-            "--device tch-cuda: libtorch finds no CUDA GPU",
+            "device tch-cuda: libtorch finds no CUDA GPU",
             "tch-cuda",
         );
     }

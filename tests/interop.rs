@@ -81,7 +81,7 @@ fn write_run(
 }
 
 fn logits(model: &Ensemble, x: &Tensor<4>) -> Vec<f64> {
-    adp::eval::floats(model.forward(x.clone()).logits)
+    adp::tensor::floats(model.forward(x.clone()).logits)
 }
 
 fn import_opts(file: &Path, dataset: Option<DatasetKind>, out: PathBuf) -> ImportOptions {
@@ -376,11 +376,11 @@ fn missing_information_and_conflicting_flags_are_explained() {
     let mut opts = import_opts(&file, Some(DatasetKind::Mnist), tmp.path().join("out"));
     opts.members = Some(3);
     let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());
-    assert!(err.contains("--members 3 was given, but"), "{err}");
+    assert!(err.contains("members 3 was given, but"), "{err}");
     opts.members = None;
     opts.model = Some(ModelKind::Resnet20);
     let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());
-    assert!(err.contains("--model Resnet20 was given"), "{err}");
+    assert!(err.contains("model Resnet20 was given"), "{err}");
     opts.model = None;
     import_file(&opts, &Device::default()).unwrap();
     let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());

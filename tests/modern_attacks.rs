@@ -261,11 +261,11 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
     for (args, expected) in [
         (
             vec!["--attack", "apgd-ce", "--eps", "0.1", "--iterations", "0"],
-            "--steps (--iterations) must be at least 1",
+            "`steps` must be at least 1",
         ),
         (
             vec!["--attack", "adaptive", "--eps", "0.1", "--restarts", "0"],
-            "--restarts must be at least 1",
+            "`restarts` must be at least 1",
         ),
         (
             vec![
@@ -280,11 +280,11 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         ),
         (
             vec!["--attack", "apgd-dlr", "--eps", "1.5"],
-            "--eps must lie in [0, 1]",
+            "`eps` must lie in [0, 1]",
         ),
         (
             vec!["--attack", "square", "--eps", "0.1", "--queries", "0"],
-            "--queries must be at least 1",
+            "`queries` must be at least 1",
         ),
         (
             vec!["--attack", "fgsm", "--eps", "0.1", "--seeds", "0"],

@@ -14,10 +14,11 @@ use adp::attack::{
 use adp::data::synthetic::write_synthetic_mnist;
 use adp::data::{Batch, Batcher, DatasetKind, Split, load_idx_dataset};
 use adp::model::{Ensemble, ModelKind};
+use adp::tensor::floats;
 use adp::train::{Method, TrainConfig, train};
 use burn::module::Module;
 use burn::prelude::*;
-use common::{adp, assert_one_error, floats};
+use common::{adp, assert_one_error};
 
 /// A 2-member CNN ensemble trained for one epoch on 600 synthetic images, and 200 test images.
 fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
@@ -49,7 +50,7 @@ fn model_and_batch(n: usize) -> (Ensemble, Batch) {
 }
 
 fn assert_in_unit_box(out: &AttackOutput, name: &str) {
-    let adv = floats(out.adversarial.clone());
+    let adv = floats::<f32, _>(out.adversarial.clone());
     assert!(
         adv.iter().all(|a| (0.0..=1.0).contains(a)),
         "{name}: a pixel left [0, 1]"
@@ -84,7 +85,7 @@ fn mean_on_both(
 fn mim_and_jsma_stay_in_their_budgets_untargeted_and_targeted() {
     let (model, batch) = model_and_batch(20);
     let victim = Victim::ensemble(&model);
-    let x = floats(batch.images.clone());
+    let x = floats::<f32, _>(batch.images.clone());
     let targets = random_targets(&batch.labels, 10, 1);
     let eps = 0.2;
     let mim = spec(AttackKind::Mim, eps, |_| {});
@@ -95,7 +96,7 @@ fn mim_and_jsma_stay_in_their_budgets_untargeted_and_targeted() {
     ] {
         let out = mim.run(&victim, batch.images.clone(), &goal);
         assert_in_unit_box(&out, "MIM");
-        for (a, x) in floats(out.adversarial).iter().zip(&x) {
+        for (a, x) in floats::<f32, _>(out.adversarial).iter().zip(&x) {
             assert!(
                 (a - x).abs() <= eps as f32 + 1e-6,
                 "MIM: |{a} - {x}| > {eps}"
@@ -179,11 +180,11 @@ fn a_bad_attack_parameter_gives_one_clear_error() {
     let cases: [(&[&str], &str); 4] = [
         (
             &["--attack", "jsma", "--gamma", "0"],
-            "--gamma must lie in (0, 1], got 0",
+            "`gamma` must lie in (0, 1], got 0",
         ),
         (
             &["--attack", "jsma", "--eps", "0.3", "--theta", "2"],
-            "--theta must lie in (0, 1]",
+            "`theta` must lie in (0, 1]",
         ),
         (
             &["--attack", "pgd", "--c", "1"],

@@ -452,11 +452,11 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
         ),
         (
             vec!["train", "--alpha", "NaN", "--data-dir", d, "--out", &out],
-            "--alpha must be a finite number",
+            "`alpha` must be a finite number",
         ),
         (
             vec!["train", "--alpha", "-1", "--data-dir", d, "--out", &out],
-            "--alpha must be a finite number >= 0",
+            "`alpha` must be a finite number >= 0",
         ),
         (
             vec!["train", "--lr", "0", "--data-dir", d, "--out", &out],
@@ -468,7 +468,7 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
         ),
         (
             vec!["eval", r, "--attack", "fgsm", "--eps", "-0.1"],
-            "--eps must lie in [0, 1]",
+            "`eps` must lie in [0, 1]",
         ),
         (vec!["eval", r, "--attack", "pgd"], "has no --eps list"),
         (

@@ -88,7 +88,7 @@ impl Attack for Ead {
         let mut best = BestExamples::new(&x0);
         for _ in 0..o.binary_search_steps {
             let c = search.tensor(&x0.device());
-            let c_values = crate::eval::floats(c.clone());
+            let c_values = crate::tensor::floats::<f64, _>(c.clone());
             let (mut x, mut y) = (x0.clone(), x0.clone());
             let mut abort = EarlyAbort::new(o.iterations);
             let mut succeeded = vec![false; n];
@@ -100,7 +100,8 @@ impl Attack for Ead {
                 y = next.clone() + (next.clone() - x).mul_scalar(momentum);
                 x = next;
 
-                let margin = crate::eval::floats(goal.margin(model.log_probs(x.clone())));
+                let margin =
+                    crate::tensor::floats::<f64, _>(goal.margin(model.log_probs(x.clone())));
                 let norms = Norms::of(&x, &x0);
                 let success: Vec<bool> = margin.iter().map(|&m| succeeds(m, o.kappa)).collect();
                 let en: Vec<f64> = norms
@@ -132,7 +133,7 @@ impl Attack for Ead {
 mod tests {
     use super::*;
     use crate::attack::cw::tests::toy;
-    use crate::attack::tests::floats;
+    use crate::tensor::floats;
     use burn::tensor::TensorData;
 
     #[test]
@@ -150,7 +151,7 @@ mod tests {
             beta: 0.1,
             ..Ead::paper(1.0)
         };
-        let s = floats(ead.shrink(z, &x0));
+        let s = floats::<f32, _>(ead.shrink(z, &x0));
         let expected = [0.6f32, 0.5, 0.3, 1.0, 0.0];
         for (a, e) in s.iter().zip(expected) {
             assert!((a - e).abs() < 1e-6, "{a} vs {e}");
@@ -173,7 +174,7 @@ mod tests {
             let out = ead.attack(&model, x.clone(), y.clone());
             assert!(out.success[0], "{rule:?}");
             assert!(
-                floats(out.adversarial)
+                floats::<f32, _>(out.adversarial)
                     .iter()
                     .all(|a| (0.0..=1.0).contains(a))
             );

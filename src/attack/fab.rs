@@ -101,7 +101,7 @@ impl FabT {
                 let log_f = m.log_probs(x);
                 objective_t.objective(log_f.clone()) + objective_y.objective(log_f)
             });
-            let (grad, f) = (host(grad), crate::eval::floats(f));
+            let (grad, f) = (host(grad), crate::tensor::floats::<f64, _>(f));
             let rows = x1.chunks_mut(p).zip(origin.chunks(p)).zip(grad.chunks(p));
             for (((x, x_orig), w), f) in rows.zip(&f) {
                 // The plane w·z = w·x⁽ⁱ⁾ − f: reached from x⁽ⁱ⁾ by w·δ = −f, from x by

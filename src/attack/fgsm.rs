@@ -29,7 +29,8 @@ impl Attack for Fgsm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tests::{assert_in_budget, floats, two_class_toy};
+    use crate::attack::tests::{assert_in_budget, two_class_toy};
+    use crate::tensor::floats;
 
     #[test]
     fn matches_the_closed_form_on_a_linear_model() {
@@ -39,7 +40,10 @@ mod tests {
         let out = Fgsm { eps: 0.1 }.attack(&model, x.clone(), y);
         // W_1 − W_0 = (−2, 2, −0.5, 2) → signs (−, +, −, +); the last pixel is clipped at 1.
         let expected = [0.4f32, 0.6, 0.4, 1.0];
-        for (a, e) in floats(out.adversarial.clone()).iter().zip(expected) {
+        for (a, e) in floats::<f32, _>(out.adversarial.clone())
+            .iter()
+            .zip(expected)
+        {
             assert!((a - e).abs() < 1e-6, "{a} vs {e}");
         }
         assert_in_budget(out.adversarial, x, 0.1);

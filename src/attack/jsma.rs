@@ -98,7 +98,7 @@ impl Attack for Jsma {
                 .reshape([n, p])
                 .mask_fill(domain.clone().bool_not(), -1e30)
                 .topk_with_indices(2, 1);
-            let score = crate::eval::floats(top.sum_dim(1).reshape([n]));
+            let score = crate::tensor::floats::<f64, _>(top.sum_dim(1).reshape([n]));
             for i in 0..n {
                 running[i] &= !met[i] && score[i] > 0.0;
             }
@@ -123,7 +123,8 @@ impl Attack for Jsma {
 mod tests {
     use super::*;
     use crate::attack::gradient_of;
-    use crate::attack::tests::{Linear, floats};
+    use crate::attack::tests::Linear;
+    use crate::tensor::floats;
     use burn::tensor::TensorData;
 
     /// Three classes, six pixels.
@@ -164,10 +165,10 @@ mod tests {
                 let (g, _) = gradient_of(&model, &x, |m, x| {
                     m.log_probs(x).exp().slice([0..1, j..j + 1]).reshape([1])
                 });
-                floats(g)
+                floats::<f32, _>(g)
             })
             .collect();
-        let x_values = floats(x.clone());
+        let x_values = floats::<f32, _>(x.clone());
         let mut best = (0.0f32, usize::MAX, usize::MAX);
         for p in 0..6 {
             for q in 0..6 {
@@ -193,7 +194,7 @@ mod tests {
             theta: 0.1,
         }
         .run(&model, x.clone(), &Goal::Targeted(t));
-        let changed: Vec<usize> = floats(out.adversarial)
+        let changed: Vec<usize> = floats::<f32, _>(out.adversarial)
             .iter()
             .zip(&x_values)
             .enumerate()
@@ -214,9 +215,9 @@ mod tests {
         let t = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 2, 1, 2], [4]), &d);
         for goal in [Goal::Untargeted(y), Goal::Targeted(t)] {
             let out = jsma.run(&model, x.clone(), &goal);
-            for (adv, x0) in floats(out.adversarial)
+            for (adv, x0) in floats::<f32, _>(out.adversarial)
                 .chunks(6)
-                .zip(floats(x.clone()).chunks(6))
+                .zip(floats::<f32, _>(x.clone()).chunks(6))
             {
                 let mut changed = 0;
                 for (a, x0) in adv.iter().zip(x0) {

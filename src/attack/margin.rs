@@ -77,7 +77,7 @@ pub fn margin_loss(
         let loss = margin.clone().clamp_min(-kappa) * c.clone().to_device(&device);
         (dist.clone() + loss, (margin, dist))
     });
-    let read = |t: Tensor<1>| crate::eval::floats(t.detach().without_autodiff());
+    let read = |t: Tensor<1>| crate::tensor::floats::<f64, _>(t.detach().without_autodiff());
     MarginStep {
         grad,
         margin: read(margin),
@@ -233,7 +233,7 @@ mod tests {
         let z = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 1.0, 0.0], [1, 3]), &d);
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d);
         let t = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64], [1]), &d);
-        let m = |g: Goal| crate::eval::floats(g.margin(z.clone()))[0];
+        let m = |g: Goal| crate::tensor::floats::<f64, _>(g.margin(z.clone()))[0];
         assert!((m(Goal::Untargeted(y)) - 2.0).abs() < 1e-6);
         assert!((m(Goal::Targeted(t)) - 3.0).abs() < 1e-6);
     }

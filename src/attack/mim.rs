@@ -95,11 +95,12 @@ impl Attack for Mim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tests::{assert_in_budget, floats, two_class_toy};
+    use crate::attack::tests::{assert_in_budget, two_class_toy};
     use crate::attack::{Fgsm, Pgd};
+    use crate::tensor::floats;
 
     fn assert_close(a: Tensor<4>, b: Tensor<4>) {
-        for (a, b) in floats(a).iter().zip(floats(b)) {
+        for (a, b) in floats::<f32, _>(a).iter().zip(floats::<f32, _>(b)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }

@@ -291,34 +291,31 @@ impl AttackSpec {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.eps.is_finite() && (0.0..=1.0).contains(&self.eps),
-            "--eps must lie in [0, 1] (pixels are in [0, 1]), got {}",
+            "`eps` must lie in [0, 1] (pixels are in [0, 1]), got {}",
             self.eps
         );
         let positive = |name: &str, v: Option<f64>| match v {
             Some(v) if !(v.is_finite() && v > 0.0) => {
-                anyhow::bail!("--{name} must be a finite number > 0, got {v}")
+                anyhow::bail!("`{name}` must be a finite number > 0, got {v}")
             }
             _ => Ok(()),
         };
         let non_negative = |name: &str, v: Option<f64>| match v {
             Some(v) if !(v.is_finite() && v >= 0.0) => {
-                anyhow::bail!("--{name} must be a finite number >= 0, got {v}")
+                anyhow::bail!("`{name}` must be a finite number >= 0, got {v}")
             }
             _ => Ok(()),
         };
         let fraction = |name: &str, v: Option<f64>| match v {
             Some(v) if !(v > 0.0 && v <= 1.0) => {
-                anyhow::bail!("--{name} must lie in (0, 1], got {v}")
+                anyhow::bail!("`{name}` must lie in (0, 1], got {v}")
             }
             _ => Ok(()),
         };
-        positive("step-size", self.step_size)?;
-        anyhow::ensure!(
-            self.steps != Some(0),
-            "--steps (--iterations) must be at least 1"
-        );
-        anyhow::ensure!(self.restarts != Some(0), "--restarts must be at least 1");
-        anyhow::ensure!(self.queries != Some(0), "--queries must be at least 1");
+        positive("step_size", self.step_size)?;
+        anyhow::ensure!(self.steps != Some(0), "`steps` must be at least 1");
+        anyhow::ensure!(self.restarts != Some(0), "`restarts` must be at least 1");
+        anyhow::ensure!(self.queries != Some(0), "`queries` must be at least 1");
         non_negative("decay", self.decay)?;
         fraction("gamma", self.gamma)?;
         fraction("theta", self.theta)?;
@@ -327,7 +324,7 @@ impl AttackSpec {
         positive("lr", self.lr)?;
         anyhow::ensure!(
             self.binary_search_steps != Some(0),
-            "--binary-search-steps must be at least 1"
+            "`binary_search_steps` must be at least 1"
         );
         non_negative("beta", self.beta)?;
         Ok(())
@@ -557,7 +554,7 @@ impl Norms {
     pub fn of(adversarial: &Tensor<4>, original: &Tensor<4>) -> Vec<Norms> {
         let delta = (adversarial.clone() - original.clone()).flatten::<2>(1, 3);
         let abs = delta.abs();
-        let col = |t: Tensor<2>| crate::eval::floats(t.flatten::<1>(0, 1));
+        let col = |t: Tensor<2>| crate::tensor::floats::<f64, _>(t.flatten::<1>(0, 1));
         let l0 = col(abs.clone().greater_elem(1e-6).float().sum_dim(1));
         let l1 = col(abs.clone().sum_dim(1));
         let l2 = col(abs.clone().powi_scalar(2).sum_dim(1).sqrt());
@@ -800,6 +797,7 @@ pub fn random_targets(labels: &Tensor<1, Int>, num_classes: usize, seed: u64) ->
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::tensor::floats;
 
     /// A linear softmax classifier z = W·flatten(x) + b, whose input gradient is known in closed form.
     pub(crate) struct Linear {
@@ -894,13 +892,9 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn floats(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_into_vec_as::<f32>().unwrap()
-    }
-
     /// Asserts that `adv` lies in [0, 1] and within `eps` (L∞) of `x`.
     pub(crate) fn assert_in_budget(adv: Tensor<4>, x: Tensor<4>, eps: f64) {
-        let (a, x) = (floats(adv), floats(x));
+        let (a, x) = (floats::<f32, _>(adv), floats::<f32, _>(x));
         for (a, x) in a.iter().zip(&x) {
             assert!((0.0..=1.0).contains(a), "pixel {a} left [0, 1]");
             assert!(((a - x).abs() as f64) <= eps + 1e-6, "|{a} - {x}| > {eps}");
@@ -927,17 +921,17 @@ pub(crate) mod tests {
         );
         let bad = |spec: AttackSpec| spec.validate().unwrap_err().to_string();
         let jsma = AttackSpec::main(AttackKind::Jsma, 0.0);
-        assert_eq!(bad(jsma), "--gamma must lie in (0, 1], got 0");
+        assert_eq!(bad(jsma), "`gamma` must lie in (0, 1], got 0");
         let cw = AttackSpec {
             kappa: Some(-1.0),
             ..AttackSpec::main(AttackKind::Cw, 1.0)
         };
-        assert_eq!(bad(cw), "--kappa must be a finite number >= 0, got -1");
+        assert_eq!(bad(cw), "`kappa` must be a finite number >= 0, got -1");
         let ead = AttackSpec {
             binary_search_steps: Some(0),
             ..AttackSpec::main(AttackKind::Ead, 5.0)
         };
-        assert_eq!(bad(ead), "--binary-search-steps must be at least 1");
+        assert_eq!(bad(ead), "`binary_search_steps` must be at least 1");
     }
 
     #[test]

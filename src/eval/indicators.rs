@@ -177,7 +177,7 @@ pub fn indicators(
 ) -> Result<Indicators> {
     ensure!(
         eps.is_finite() && eps > 0.0 && eps <= 1.0,
-        "the indicators need an --eps in (0, 1], got {eps}"
+        "the indicators need an `eps` in (0, 1], got {eps}"
     );
     ensure!(!data.is_empty(), "the indicators need at least one example");
     ensure!(
@@ -301,7 +301,6 @@ mod tests {
     fn no_indicator_fires_on_a_linear_model() {
         let (model, data) = linear_and_data();
         let r = measure(&model, &data);
-        eprintln!("{r:?}");
         assert!(r.fired.is_empty(), "{r:?}");
         // Examples 0..=17 have minimal perturbations below 0.1 (s_i = 0.02 + 0.18 i / 39).
         assert!((r.gradient_accuracy - 22.0 / 40.0).abs() < 1e-9, "{r:?}");
@@ -315,8 +314,7 @@ mod tests {
             levels: 64.0,
         };
         let r = measure(&model, &data);
-        eprintln!("{r:?}");
-        assert_eq!(r.zero_gradient, 1.0);
+        assert_eq!(r.zero_gradient, 1.0, "{r:?}");
         for failure in [
             Failure::ZeroGradients,
             Failure::GradientFreeWins,

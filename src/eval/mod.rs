@@ -24,6 +24,7 @@ pub mod tsne;
 use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, random_targets};
 use crate::data::{Batcher, Dataset};
 use crate::model::Ensemble;
+use crate::tensor::floats;
 use diversity::{Removed, batch_log_ed};
 
 /// Mean cross-entropy of each member on a batch of logits `[B, K, L]`.
@@ -38,13 +39,6 @@ pub fn member_cross_entropy(logits: Tensor<3>, labels: Tensor<1, Int>) -> Vec<f6
 pub fn count_correct(scores: Tensor<2>, labels: Tensor<1, Int>) -> usize {
     let pred = scores.argmax(1).flatten::<1>(0, 1);
     pred.equal(labels).int().sum().into_scalar::<i64>() as usize
-}
-
-/// Reads a float tensor into `f64`s.
-pub fn floats<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data()
-        .try_into_vec_as::<f64>()
-        .expect("a float tensor")
 }
 
 /// Clean error rates (Table 1) and the mean log ensemble diversity on the test set.
@@ -130,7 +124,7 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
             *w += n - count_correct(z, batch.labels.clone());
         }
         ens_wrong += n - count_correct(out.mean_probs(), batch.labels.clone());
-        log_det += floats(batch_log_ed(&out, batch.labels, Removed::TrueLabel).sum())[0];
+        log_det += floats::<f64, _>(batch_log_ed(&out, batch.labels, Removed::TrueLabel).sum())[0];
     }
     let total = data.len() as f64;
     CleanResult {
@@ -245,7 +239,7 @@ pub fn attack_dataset(
     if let Some(k) = member {
         ensure!(
             k < model.len(),
-            "--member {k} does not exist: the ensemble has members 0..{}",
+            "member {k} does not exist: the ensemble has members 0..{}",
             model.len() - 1
         );
     }
@@ -253,7 +247,7 @@ pub fn attack_dataset(
     let ensemble = Victim::ensemble(model);
     let victim = member.map_or(Victim::ensemble(model), |k| Victim::member(model, k));
     let batcher = Batcher::sequential(data, batch_size);
-    let bar = crate::report::progress_bar(batcher.num_batches() as u64, &attack.name());
+    let bar = crate::progress::start(batcher.num_batches() as u64, &attack.name());
     let start = std::time::Instant::now();
     let mut set = AttackedSet {
         description: attack.name(),
@@ -303,13 +297,12 @@ pub fn attack_dataset(
                 .try_into_vec_as::<i64>()
                 .expect("int labels"),
         );
-        set.adversarial
-            .extend(floats(out.adversarial).into_iter().map(|x| x as f32));
+        set.adversarial.extend(floats::<f32, _>(out.adversarial));
         set.success.extend(out.success);
         set.norms.extend(out.norms);
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     set.seconds = start.elapsed().as_secs_f64();
     Ok(set)
 }

@@ -83,7 +83,7 @@ pub fn export_run(run: &Path, opts: &ExportOptions, device: &Device) -> Result<E
     }
     crate::io::atomic_write(&meta_path(&opts.out), json.as_bytes())?;
     if let Some(n) = opts.reference {
-        ensure!(n >= 1, "--reference must be at least 1");
+        ensure!(n >= 1, "`reference` must be at least 1");
         let config = config.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "{} has no config.toml, so its data set is unknown",
@@ -118,7 +118,7 @@ pub fn reference(
     for batch in Batcher::sequential(data, 250).iter(device) {
         let z = model.forward(batch.images).logits;
         dims = z.dims();
-        logits.extend(crate::eval::floats(z).into_iter().map(|v| v as f32));
+        logits.extend(crate::tensor::floats::<f32, _>(z));
     }
     let labels: Vec<i64> = data.labels.iter().map(|&l| l as i64).collect();
     vec![

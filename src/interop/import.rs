@@ -82,7 +82,7 @@ pub fn import_file(opts: &ImportOptions, device: &Device) -> Result<ModelSpec> {
     if let Some(kind) = opts.model {
         ensure!(
             kind == found.kind,
-            "--model {kind:?} was given, but {} holds {:?} members",
+            "model {kind:?} was given, but {} holds {:?} members",
             file.display(),
             found.kind
         );
@@ -90,7 +90,7 @@ pub fn import_file(opts: &ImportOptions, device: &Device) -> Result<ModelSpec> {
     if let Some(k) = opts.members {
         ensure!(
             k == found.members,
-            "--members {k} was given, but {} holds {} members",
+            "members {k} was given, but {} holds {} members",
             file.display(),
             found.members
         );

@@ -1,25 +1,9 @@
-//! Human-readable output: progress bars for long work and Markdown tables laid out like the
-//! paper's Table 1 (clean error) and Table 2 (accuracy under attack).
+//! Human-readable output: Markdown tables laid out like the paper's Table 1 (clean error) and
+//! Table 2 (accuracy under attack), and the figures of [`plots`].
 
 pub mod plots;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use crate::eval::EvalReport;
-
-/// A progress bar on stderr (hidden automatically when stderr is not a terminal).
-pub fn progress_bar(len: u64, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
-}
 
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)

@@ -19,7 +19,6 @@ use crate::eval::detect::DetectionReport;
 use crate::eval::ed_histogram::EdHistogram;
 use crate::eval::feature_tsne::TsneReport;
 use crate::eval::transfer::TransferReport;
-use crate::fidelity::Summary;
 
 /// Family name the embedded font is registered under. Every text size is even: plotters' glyph
 /// placement truncates `size / 2 + top`, which for odd sizes lifts small glyphs such as `.` by a
@@ -428,10 +427,21 @@ impl Figure for TsneFigure<'_> {
 /// The fidelity grid: accuracy under each attack (one panel per attack), one bar per row and
 /// method, ECE and ADP side by side in two colours, with ±1 binomial standard error.
 pub struct FidelityFigure<'a> {
-    /// The grid's lines; cells 2.. are the attacks.
-    pub lines: &'a [Summary],
+    /// The grid's lines, one bar group each.
+    pub lines: &'a [GridBars],
     /// Titles of the attack cells.
     pub titles: &'a [String],
+}
+
+/// One row and method of [`FidelityFigure`]: the accuracy under each attack, as (mean, binomial
+/// standard error) fractions.
+pub struct GridBars {
+    /// Row name.
+    pub row: String,
+    /// Method label.
+    pub label: String,
+    /// One (mean, standard error) per attack, in the order of the titles.
+    pub bars: Vec<(f64, f64)>,
 }
 
 impl Figure for FidelityFigure<'_> {
@@ -487,12 +497,12 @@ impl Figure for FidelityFigure<'_> {
                 .draw()
                 .map_err(err)?;
             for (i, line) in self.lines.iter().enumerate() {
-                let Some(cell) = line.cells.get(2 + a) else {
+                let Some(&(mean, se)) = line.bars.get(a) else {
                     continue;
                 };
                 let m = methods.iter().position(|l| **l == line.label).unwrap_or(0);
                 let (x0, x1) = (i as f64 + 0.15, i as f64 + 0.85);
-                let (mean, se) = (100.0 * cell.mean, 100.0 * cell.se);
+                let (mean, se) = (100.0 * mean, 100.0 * se);
                 chart
                     .draw_series([Rectangle::new([(x0, 0.0), (x1, mean)], color(m).filled())])
                     .map_err(err)?;

@@ -68,7 +68,7 @@ impl AdvTrainConfig {
         }
     }
 
-    /// Checks the budgets, with one message naming the option.
+    /// Checks the budgets, with one message naming the fields.
     pub fn validate(&self) -> Result<()> {
         ensure!(
             self.eps_min.is_finite()
@@ -76,7 +76,7 @@ impl AdvTrainConfig {
                 && 0.0 <= self.eps_min
                 && self.eps_min <= self.eps_max
                 && self.eps_max <= 1.0,
-            "--adv-eps must be MIN,MAX with 0 <= MIN <= MAX <= 1 (pixels are in [0, 1]), got {},{}",
+            "`eps_min`, `eps_max` must satisfy 0 <= eps_min <= eps_max <= 1 (pixels are in [0, 1]), got {},{}",
             self.eps_min,
             self.eps_max
         );
@@ -170,7 +170,7 @@ mod tests {
                 ..AdvTrainConfig::paper(AdvAttack::Fgsm)
             };
             let msg = c.validate().unwrap_err().to_string();
-            assert!(msg.contains("--adv-eps"), "{msg}");
+            assert!(msg.contains("`eps_min`, `eps_max`"), "{msg}");
         }
         assert!(AdvTrainConfig::paper(AdvAttack::Fgsm).validate().is_ok());
     }

@@ -24,12 +24,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceKind;
 use crate::model::{Ensemble, MAX_MEMBERS, MemberConfig};
-use crate::train::TrainConfig;
+use crate::train::{TrainConfig, TrainState};
 
 /// The largest weights file the loaders read (far above any ensemble `adp` builds).
 pub const MAX_WEIGHTS_FILE: u64 = 64 << 30;
@@ -143,6 +145,87 @@ pub struct Latest {
 struct Hashes {
     #[serde(default)]
     sha256: BTreeMap<String, String>,
+}
+
+/// What produced a checkpoint (or a run's final model): saved beside it as `manifest.json`, so
+/// that a checkpoint found on its own still says how to reproduce it, with the SHA-256 of every
+/// weight file beside it, which loading verifies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Finished epochs.
+    pub epoch: usize,
+    /// Seed of initialisation and batch order.
+    pub seed: u64,
+    /// The device (backend) the run trained on.
+    pub backend: DeviceKind,
+    /// Version of `adp`.
+    pub adp_version: String,
+    /// Version of burn it was built against.
+    pub burn_version: String,
+    /// The full training configuration.
+    pub config: TrainConfig,
+    /// SHA-256 (lower-case hex) of each weight file in the manifest's directory, by file name.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The manifest of weights trained with `config` for `epoch` epochs, with the hashes of the
+    /// files `sha256` (name, hash).
+    pub fn new(
+        config: &TrainConfig,
+        epoch: usize,
+        sha256: impl IntoIterator<Item = (impl Into<String>, String)>,
+    ) -> Self {
+        Self {
+            epoch,
+            seed: config.seed,
+            backend: config.device,
+            adp_version: env!("CARGO_PKG_VERSION").into(),
+            burn_version: super::BURN_VERSION.into(),
+            config: config.clone(),
+            sha256: sha256.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        }
+    }
+}
+
+/// Writes the complete checkpoint of `state.epoch` (weights, optimizer states, training state
+/// and manifest) under a temporary name and publishes it with [`commit_checkpoint`].
+pub(crate) fn save_checkpoint(
+    run: &Path,
+    config: &TrainConfig,
+    model: &Ensemble,
+    optims: &[ModuleOptimizer],
+    state: &TrainState,
+) -> Result<()> {
+    let final_dir = checkpoint_dir(run, state.epoch);
+    let tmp = final_dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let mut hashes = vec![(
+        "model.safetensors".to_string(),
+        save_model(model, &tmp.join("model.safetensors"))?,
+    )];
+    model
+        .clone()
+        .save_file(tmp.join("model.bpk"))
+        .context("cannot save the checkpoint's weights")?;
+    hashes.push((
+        "model.bpk".into(),
+        crate::io::sha256_file(&tmp.join("model.bpk"))?,
+    ));
+    for (k, o) in optims.iter().enumerate() {
+        let name = format!("optim-{k}.bpk");
+        o.save(tmp.join(&name))
+            .with_context(|| format!("cannot save the optimizer state of member {k}"))?;
+        hashes.push((name.clone(), crate::io::sha256_file(&tmp.join(&name))?));
+    }
+    crate::io::write_json(&tmp.join("state.json"), state)?;
+    let manifest = Manifest::new(config, state.epoch, hashes);
+    crate::io::write_json(&tmp.join("manifest.json"), &manifest)?;
+    commit_checkpoint(run, &tmp, state.epoch)
 }
 
 /// Checks `bytes`, read from `path`, against the SHA-256 that the `manifest.json` beside it

@@ -31,8 +31,9 @@ use crate::device::DeviceKind;
 use crate::loss::{AdpConfig, Diversity, adp_loss};
 use crate::model::{Ensemble, MAX_MEMBERS, MemberConfig, ModelKind};
 use adversarial::{AdvTrainConfig, adversarial_batch};
+pub use checkpoint::Manifest;
 use checkpoint::{
-    Latest, ModelSpec, checkpoint_dir, checkpoints, commit_checkpoint, latest, save_model,
+    Latest, ModelSpec, checkpoint_dir, checkpoints, latest, save_checkpoint, save_model,
 };
 
 /// The burn release `adp` is built against (kept in step with Cargo.toml).
@@ -474,7 +475,11 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
                 .with_context(|| format!("cannot load {}", path.display()))
                 .map_err(advise)?;
         }
-        eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
+        crate::progress::note(&format!(
+            "resuming {} after epoch {}",
+            run.display(),
+            state.epoch
+        ));
     }
     model = apply_frozen(model, &state.frozen);
 
@@ -502,7 +507,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             seconds: start.elapsed().as_secs_f64(),
             ..metrics
         };
-        eprintln!(
+        crate::progress::note(&format!(
             "epoch {}/{}: loss {:.4}  ECE {:.4}  H {:.3}  logED {:.2}  acc {:.2}%  lr {:.0e}  {:.0}s",
             metrics.epoch,
             config.epochs,
@@ -513,7 +518,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             100.0 * metrics.accuracy,
             metrics.lr,
             metrics.seconds
-        );
+        ));
         check_finite(&model, &metrics, &data, config, &device).map_err(|what| {
             let last = last_good(run);
             anyhow::anyhow!(
@@ -739,7 +744,10 @@ fn check_finite(
     // The metrics were measured before each update; the last update shows in the outputs.
     let batch = Batcher::sequential(data, config.batch_size.min(data.len())).batch(0, device);
     let logits = model.valid().forward(batch.images).logits;
-    if !crate::eval::floats(logits).iter().all(|v| v.is_finite()) {
+    if !crate::tensor::floats::<f64, _>(logits)
+        .iter()
+        .all(|v| v.is_finite())
+    {
         return Err("its outputs on the first training batch".into());
     }
     Ok(())
@@ -781,10 +789,10 @@ fn update_freezing(config: &TrainConfig, state: &mut TrainState, member_ce: &[f6
             && state.stale[k] >= config.freeze.patience
             && !state.frozen[k]
         {
-            eprintln!(
+            crate::progress::note(&format!(
                 "member {k} converged (no progress for {} epochs): frozen",
                 state.stale[k]
-            );
+            ));
             state.frozen[k] = true;
         }
     }
@@ -896,7 +904,7 @@ fn run_epoch(
     if config.augment {
         batcher = batcher.augmented(config.seed, epoch);
     }
-    let bar = crate::report::progress_bar(
+    let bar = crate::progress::start(
         batcher.num_batches() as u64,
         &format!("{} epoch {}/{}", config.label(), epoch + 1, config.epochs),
     );
@@ -950,7 +958,7 @@ fn run_epoch(
             ));
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let s = seen as f64;
     Ok((
         model,
@@ -967,85 +975,6 @@ fn run_epoch(
             seconds: 0.0,
         },
     ))
-}
-
-/// What produced a checkpoint (or a run's final model): saved beside it as `manifest.json`, so
-/// that a checkpoint found on its own still says how to reproduce it, with the SHA-256 of every
-/// weight file beside it, which loading verifies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Finished epochs.
-    pub epoch: usize,
-    /// Seed of initialisation and batch order.
-    pub seed: u64,
-    /// The device (backend) the run trained on.
-    pub backend: DeviceKind,
-    /// Version of `adp`.
-    pub adp_version: String,
-    /// Version of burn it was built against.
-    pub burn_version: String,
-    /// The full training configuration.
-    pub config: TrainConfig,
-    /// SHA-256 (lower-case hex) of each weight file in the manifest's directory, by file name.
-    #[serde(default)]
-    pub sha256: std::collections::BTreeMap<String, String>,
-}
-
-impl Manifest {
-    /// The manifest of weights trained with `config` for `epoch` epochs, with the hashes of the
-    /// files `sha256` (name, hash).
-    pub fn new(
-        config: &TrainConfig,
-        epoch: usize,
-        sha256: impl IntoIterator<Item = (impl Into<String>, String)>,
-    ) -> Self {
-        Self {
-            epoch,
-            seed: config.seed,
-            backend: config.device,
-            adp_version: env!("CARGO_PKG_VERSION").into(),
-            burn_version: BURN_VERSION.into(),
-            config: config.clone(),
-            sha256: sha256.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-        }
-    }
-}
-
-fn save_checkpoint(
-    run: &Path,
-    config: &TrainConfig,
-    model: &Ensemble,
-    optims: &[ModuleOptimizer],
-    state: &TrainState,
-) -> Result<()> {
-    let final_dir = checkpoint_dir(run, state.epoch);
-    let tmp = final_dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    let mut hashes = vec![(
-        "model.safetensors".to_string(),
-        save_model(model, &tmp.join("model.safetensors"))?,
-    )];
-    model
-        .clone()
-        .save_file(tmp.join("model.bpk"))
-        .context("cannot save the checkpoint's weights")?;
-    hashes.push((
-        "model.bpk".into(),
-        crate::io::sha256_file(&tmp.join("model.bpk"))?,
-    ));
-    for (k, o) in optims.iter().enumerate() {
-        let name = format!("optim-{k}.bpk");
-        o.save(tmp.join(&name))
-            .with_context(|| format!("cannot save the optimizer state of member {k}"))?;
-        hashes.push((name.clone(), crate::io::sha256_file(&tmp.join(&name))?));
-    }
-    crate::io::write_json(&tmp.join("state.json"), state)?;
-    let manifest = Manifest::new(config, state.epoch, hashes);
-    crate::io::write_json(&tmp.join("manifest.json"), &manifest)?;
-    commit_checkpoint(run, &tmp, state.epoch)
 }
 
 fn write_history(run: &Path, history: &[EpochMetrics]) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests (`mod common;` in each test file): running the `adp`
 //! binary and reading its output, the arguments of `adp reproduce … --preset tiny`, the
-//! one-clear-error checks of bad command lines, small CNN ensembles, tensors as `Vec<f32>` and a
-//! scratch directory per test binary. Each test file uses a subset, hence the `allow`.
+//! one-clear-error checks of bad command lines, small CNN ensembles and a scratch directory per
+//! test binary. Each test file uses a subset, hence the `allow`.
 
 #![allow(dead_code)]
 
@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 
 use adp::model::{MemberConfig, ModelKind};
 use adp::train::checkpoint::ModelSpec;
-use burn::prelude::*;
 
 /// Runs the `adp` binary with `args` and waits for it.
 pub fn adp(args: &[&str]) -> Output {
@@ -94,11 +93,6 @@ pub fn cnn_spec(
             std: vec![std; input_shape[0]],
         },
     }
-}
-
-/// The values of a tensor as `f32`s, in row-major order.
-pub fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
 /// 1200 training and 300 test images of the synthetic MNIST-layout set, written once per test

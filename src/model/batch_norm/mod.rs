@@ -3,7 +3,7 @@
 //! burn 0.22 records `batch_norm_train` as a single autodiff operation, but burn-flex and burn-tch
 //! run its forward and backward as burn's generic composite: swap-dims and reshape copies, then a
 //! dozen full-size elementwise passes (replacing it made a ResNet-20 training step on flex about
-//! 6% faster; README, Performance). This module computes the same function,
+//! 6% faster; docs/performance.md). This module computes the same function,
 //!
 //! ```text
 //! y = γ · (x − μ_B) / sqrt(σ²_B + ε) + β,   μ_B, σ²_B: per-channel mean and biased variance

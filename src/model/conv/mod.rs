@@ -5,7 +5,7 @@
 //! back to NCHW one value at a time; its input gradient is a transposed convolution with a
 //! scatter of its own, and its weight gradient a convolution of batch-swapped copies. Profiled on
 //! ResNet-20 training, that bookkeeping took more time than the matrix products themselves
-//! (README, Performance). This module computes the same convolution as a backend extension
+//! (docs/performance.md). This module computes the same convolution as a backend extension
 //! ([`FastConv2d`]) with, per image `b` and `W` flattened to `[C_out, C_in·k_h·k_w]`:
 //!
 //! ```text
