@@ -21,5 +21,6 @@ pub mod loss;
 pub mod model;
 pub mod report;
 pub mod reproduce;
+pub mod sweep;
 pub mod tables;
 pub mod train;
