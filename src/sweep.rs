@@ -160,7 +160,7 @@ fn defaults() -> Table {
 fn to_config(table: &Table, what: &str, path: Option<&str>, file: &Path) -> Result<TrainConfig> {
     let config: TrainConfig = Value::Table(table.clone())
         .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim().replace('\n', "; ")))
         .with_context(|| format!("{}: `{what}` is invalid", file.display()))?;
     let Some(path) = path else {
         return Ok(config);
@@ -200,7 +200,7 @@ pub fn load(file: &Path) -> Result<Sweep> {
         anyhow::anyhow!(
             "{} is not a valid sweep file: {}",
             file.display(),
-            e.message().trim()
+            e.message().trim().replace('\n', "; ")
         )
     })?;
     let file =
