@@ -250,8 +250,10 @@ fn run_copy(name: &str) -> PathBuf {
     dst
 }
 
-/// Random starts (PGD), Square's random squares and random targets, two seeds, 8 batches of 40.
-const EVAL: [&str; 13] = [
+/// Random starts (PGD), Square's random squares and random targets, two seeds, 8 batches of 25.
+const EVAL: [&str; 15] = [
+    "--limit",
+    "200",
     "--attack",
     "pgd",
     "--eps",
@@ -270,7 +272,7 @@ const EVAL: [&str; 13] = [
 fn eval_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["eval", run.to_str().unwrap()];
     a.extend(EVAL);
-    a.extend(["--batch-size", "40", "--targeted"]);
+    a.extend(["--batch-size", "25", "--targeted"]);
     a.extend(extra);
     a
 }
@@ -306,7 +308,7 @@ fn merged_shards_equal_the_unsharded_evaluation() {
     adp_ok(&eval_args(&run, &[]));
     let whole = json_without_timings(&run.join("eval.json"));
     let whole_csv = std::fs::read_to_string(run.join("eval.csv")).unwrap();
-    assert_eq!(whole["clean"]["examples"], 300);
+    assert_eq!(whole["clean"]["examples"], 200);
     for i in 0..3 {
         let shard = format!("{i}/3");
         adp_ok(&eval_args(&run, &["--shard", &shard]));
@@ -323,7 +325,7 @@ fn merged_shards_equal_the_unsharded_evaluation() {
         std::fs::read_to_string(run.join("eval.csv")).unwrap(),
         whole_csv
     );
-    // The slices are whole batches: 8 batches of 40 cut 2/3/3.
+    // The slices are whole batches: 8 batches of 25 cut 2/3/3.
     let parts: Vec<PartialEval> = (0..3)
         .map(|i| {
             let p = Shard { index: i, count: 3 }.path(&run);
@@ -331,7 +333,7 @@ fn merged_shards_equal_the_unsharded_evaluation() {
         })
         .collect();
     let ranges: Vec<_> = parts.iter().map(|p| p.examples.clone()).collect();
-    assert_eq!(ranges, vec![0..80, 80..200, 200..300]);
+    assert_eq!(ranges, vec![0..50, 50..125, 125..200]);
     // Per image: the shards' PGD outcomes are those of one unsharded `adp attack`.
     let adv = run.join("pgd.safetensors");
     adp_ok(&[
@@ -343,7 +345,9 @@ fn merged_shards_equal_the_unsharded_evaluation() {
         "0.1",
         "--targeted",
         "--batch-size",
-        "40",
+        "25",
+        "--limit",
+        "200",
         "--out",
         adv.to_str().unwrap(),
     ]);
