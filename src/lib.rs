@@ -22,6 +22,7 @@ pub mod model;
 pub mod progress;
 pub mod report;
 pub mod reproduce;
+pub mod sweep;
 pub mod tables;
 pub mod tensor;
 pub mod train;

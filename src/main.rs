@@ -1,5 +1,7 @@
 //! The `adp` command line: a thin layer over the library.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -64,6 +66,10 @@ enum Command {
     /// Turn a PyTorch state dict of interop/adp_models.py's Ensemble into a run directory that
     /// `adp eval` and `adp attack` accept.
     Import(ImportArgs),
+    /// Expand a grid of training configurations into run directories; print or run its jobs.
+    Sweep(cli::sweep::SweepArgs),
+    /// Combine the shards of `adp eval RUN --shard i/n` into the run's eval.json.
+    Merge(cli::shard::MergeArgs),
     /// Solve Eq. 7 (Theorem 2) for α given K, L and the target confidence F_y.
     Alpha {
         /// Number of members K.
@@ -88,6 +94,8 @@ enum DataCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Write the synthetic MNIST-layout data set of the tests (smoke runs, the Slurm check).
+    Synthetic(cli::SyntheticArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -206,6 +214,10 @@ struct EvalArgs {
     /// each ε, with APGD-CE of --steps iterations and Square of --queries queries).
     #[arg(long)]
     no_indicators: bool,
+    /// Evaluate only shard i of n of the test set (`0/4` … `3/4`), saved to
+    /// RUN/eval-shards/I-of-N/partial.json; `adp merge RUN` combines the n shards.
+    #[arg(long, value_name = "i/n")]
+    shard: Option<adp::eval::shard::Shard>,
     #[command(flatten)]
     on: TestSet,
 }
@@ -539,6 +551,11 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Data {
             command: DataCommand::Fetch { dataset, dir },
         } => fetch::fetch(dataset, &dir.unwrap_or_else(|| dataset.default_dir())),
+        Command::Data {
+            command: DataCommand::Synthetic(a),
+        } => cli::run_synthetic(a),
+        Command::Sweep(a) => cli::sweep::run_sweep(a),
+        Command::Merge(a) => cli::shard::run_merge(a),
         Command::Train(args) => run_train(args),
         Command::Eval(args) => {
             let sub = matches
@@ -795,6 +812,9 @@ fn load_for_eval(run: &Path, on: &TestSet) -> Result<(Loaded, burn::prelude::Dev
 }
 
 fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
+    if let Some(shard) = a.shard {
+        return cli::shard::run_eval_shard(a, m, shard);
+    }
     let specs = attack_specs(&a, m)?;
     ensure!(a.seeds >= 1, "--seeds must be at least 1");
     let (

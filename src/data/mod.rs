@@ -169,6 +169,19 @@ impl Dataset {
         }
     }
 
+    /// The examples `range` (clamped to the data set).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Dataset {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        let per = self.image_len();
+        Dataset {
+            images: self.images[start * per..end * per].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+            shape: self.shape,
+            num_classes: self.num_classes,
+        }
+    }
+
     /// The constants a member normalises its input with, `(mean, std)`: per-channel mean and
     /// standard deviation, or the official code's per-pixel mean (`[c·h·w]`) with a std of 1.
     pub fn normalization(&self, norm: Normalization) -> (Vec<f32>, Vec<f32>) {

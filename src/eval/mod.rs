@@ -18,6 +18,7 @@ pub mod feature_tsne;
 pub mod indicators;
 pub mod neighbours;
 pub mod roc;
+pub mod shard;
 pub mod transfer;
 pub mod tsne;
 
@@ -105,17 +106,89 @@ impl RobustResult {
 
 /// Error rates of the members and the ensemble on `data`, in batches.
 pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Device) -> CleanResult {
+    clean_counts(model, data, batch_size, device).result()
+}
+
+/// The raw counts behind a [`CleanResult`], kept per batch where a sum of floats is involved, so
+/// that the counts of consecutive slices of a test set ([`shard`]) combine into exactly the
+/// result of the whole set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanCounts {
+    /// Number of examples.
+    pub examples: usize,
+    /// Misclassified examples of each member.
+    pub member_wrong: Vec<usize>,
+    /// Examples the ensemble misclassifies.
+    pub ensemble_wrong: usize,
+    /// Examples whose input gradient is exactly zero.
+    pub zero_gradient: usize,
+    /// Sum of log ED over each batch, in batch order, as the bits of the `f64` (JSON keeps
+    /// integers exactly).
+    pub log_det_bits: Vec<u64>,
+}
+
+impl CleanCounts {
+    /// Appends the counts of the slice that follows this one.
+    pub fn extend(&mut self, next: &CleanCounts) -> Result<()> {
+        ensure!(
+            self.member_wrong.len() == next.member_wrong.len(),
+            "the counts are of ensembles of {} and {} members",
+            self.member_wrong.len(),
+            next.member_wrong.len()
+        );
+        self.examples += next.examples;
+        for (a, b) in self.member_wrong.iter_mut().zip(&next.member_wrong) {
+            *a += b;
+        }
+        self.ensemble_wrong += next.ensemble_wrong;
+        self.zero_gradient += next.zero_gradient;
+        self.log_det_bits.extend(&next.log_det_bits);
+        Ok(())
+    }
+
+    /// The error rates, summing the log ED of the batches in order as [`clean`] does.
+    pub fn result(&self) -> CleanResult {
+        let total = self.examples as f64;
+        let log_det = self
+            .log_det_bits
+            .iter()
+            .fold(0f64, |sum, &b| sum + f64::from_bits(b));
+        CleanResult {
+            examples: self.examples,
+            member_error: self
+                .member_wrong
+                .iter()
+                .map(|&w| w as f64 / total)
+                .collect(),
+            ensemble_error: self.ensemble_wrong as f64 / total,
+            mean_log_det: log_det / total,
+            zero_gradient: self.zero_gradient as f64 / total,
+        }
+    }
+}
+
+/// The counts of [`clean`] on `data`, in batches of `batch_size`.
+pub fn clean_counts(
+    model: &Ensemble,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> CleanCounts {
     let k = model.len();
-    let mut member_wrong = vec![0usize; k];
-    let mut ens_wrong = 0usize;
-    let mut log_det = 0f64;
-    let mut zero_gradient = 0usize;
+    let mut counts = CleanCounts {
+        examples: data.len(),
+        member_wrong: vec![0; k],
+        ensemble_wrong: 0,
+        zero_gradient: 0,
+        log_det_bits: Vec::new(),
+    };
     let victim = Victim::ensemble(model);
     for batch in Batcher::sequential(data, batch_size).iter(device) {
         let n = batch.labels.dims()[0];
-        zero_gradient += indicators::zero_gradients(&victim, &batch.images, batch.labels.clone());
+        counts.zero_gradient +=
+            indicators::zero_gradients(&victim, &batch.images, batch.labels.clone());
         let out = model.forward(batch.images);
-        for (j, w) in member_wrong.iter_mut().enumerate() {
+        for (j, w) in counts.member_wrong.iter_mut().enumerate() {
             let z = out
                 .logits
                 .clone()
@@ -123,17 +196,20 @@ pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Devic
                 .squeeze_dim::<2>(1);
             *w += n - count_correct(z, batch.labels.clone());
         }
-        ens_wrong += n - count_correct(out.mean_probs(), batch.labels.clone());
-        log_det += floats::<f64, _>(batch_log_ed(&out, batch.labels, Removed::TrueLabel).sum())[0];
+        counts.ensemble_wrong += n - count_correct(out.mean_probs(), batch.labels.clone());
+        let sum = floats::<f64, _>(batch_log_ed(&out, batch.labels, Removed::TrueLabel).sum())[0];
+        counts.log_det_bits.push(sum.to_bits());
     }
-    let total = data.len() as f64;
-    CleanResult {
-        examples: data.len(),
-        member_error: member_wrong.iter().map(|&w| w as f64 / total).collect(),
-        ensemble_error: ens_wrong as f64 / total,
-        mean_log_det: log_det / total,
-        zero_gradient: zero_gradient as f64 / total,
-    }
+    counts
+}
+
+/// The seed of the random draws (random starts, Square's squares, …) of batch `batch` (0-based,
+/// counted from the first test image) of an evaluation seeded with `seed`. Each batch reseeds the
+/// device's generator with it, so a batch's adversarial examples depend on the seed and the
+/// batch's place in the test set only, never on which batches ran before it in the same process:
+/// an evaluation split into shards at batch boundaries ([`shard`]) gives the same examples.
+pub fn batch_seed(seed: u64, batch: usize) -> u64 {
+    seed ^ (batch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Everything one attack produced over a data set: what `adp attack` saves.
@@ -224,6 +300,7 @@ impl AttackedSet {
 
 /// Runs one attack over `data`, on the whole ensemble or on member `member` alone, and keeps
 /// everything it produced. `targeted` draws a random wrong target per example from `seed`.
+/// Batch i's random draws come from [`batch_seed`]`(seed, i)`.
 #[allow(clippy::too_many_arguments)]
 pub fn attack_dataset(
     model: &Ensemble,
@@ -233,6 +310,26 @@ pub fn attack_dataset(
     member: Option<usize>,
     batch_size: usize,
     seed: u64,
+    device: &Device,
+) -> Result<AttackedSet> {
+    attack_batches(
+        model, data, spec, targeted, member, batch_size, seed, 0, device,
+    )
+}
+
+/// [`attack_dataset`] on `data`, a slice of a test set that starts at its batch `first_batch`:
+/// batch i of `data` draws its randomness (random starts, targets) as batch `first_batch + i` of
+/// the whole set does, so the slices' results put together are those of the whole set.
+#[allow(clippy::too_many_arguments)]
+pub fn attack_batches(
+    model: &Ensemble,
+    data: &Dataset,
+    spec: &AttackSpec,
+    targeted: bool,
+    member: Option<usize>,
+    batch_size: usize,
+    seed: u64,
+    first_batch: usize,
     device: &Device,
 ) -> Result<AttackedSet> {
     spec.validate()?;
@@ -260,13 +357,14 @@ pub fn attack_dataset(
         norms: Vec::with_capacity(data.len()),
         seconds: 0.0,
     };
-    device.seed(seed);
     for (i, batch) in batcher.iter(device).enumerate() {
+        let global = first_batch + i;
+        device.seed(batch_seed(seed, global));
         let goal = if targeted {
             Goal::Targeted(random_targets(
                 &batch.labels,
                 data.num_classes,
-                seed + i as u64,
+                seed + global as u64,
             ))
         } else {
             Goal::Untargeted(batch.labels.clone())
@@ -319,25 +417,47 @@ pub fn robust(
     device: &Device,
 ) -> Result<RobustResult> {
     let set = attack_dataset(model, data, spec, targeted, None, batch_size, seed, device)?;
-    let success_rate = AttackedSet::rate(&set.success);
-    let accuracy = if targeted {
-        1.0 - success_rate
-    } else {
-        AttackedSet::rate(&set.ensemble_correct)
-    };
-    Ok(RobustResult {
-        attack: spec.kind.name().into(),
-        description: set.description,
-        eps: spec.eps,
-        parameter: spec.parameter_label(),
+    Ok(RobustResult::from_flags(
+        spec,
         targeted,
-        examples: data.len(),
-        accuracy,
-        success_rate,
-        seconds: set.seconds,
-        std_error: indicators::std_error(accuracy, data.len()),
-        repeats: Vec::new(),
-    })
+        set.description,
+        &set.success,
+        &set.ensemble_correct,
+        set.seconds,
+    ))
+}
+
+impl RobustResult {
+    /// The result of attack `spec` from its per-example outcomes: whether it met its goal
+    /// (`success`) and whether the ensemble still classifies the example correctly (`correct`).
+    pub fn from_flags(
+        spec: &AttackSpec,
+        targeted: bool,
+        description: String,
+        success: &[bool],
+        correct: &[bool],
+        seconds: f64,
+    ) -> RobustResult {
+        let success_rate = AttackedSet::rate(success);
+        let accuracy = if targeted {
+            1.0 - success_rate
+        } else {
+            AttackedSet::rate(correct)
+        };
+        RobustResult {
+            attack: spec.kind.name().into(),
+            description,
+            eps: spec.eps,
+            parameter: spec.parameter_label(),
+            targeted,
+            examples: success.len(),
+            accuracy,
+            success_rate,
+            seconds,
+            std_error: indicators::std_error(accuracy, success.len()),
+            repeats: Vec::new(),
+        }
+    }
 }
 
 /// What `adp eval` measured on one run; saved as `RUN_DIR/eval.json` and `eval.csv`.

@@ -1,0 +1,83 @@
+//! `adp eval RUN --shard i/n` and `adp merge RUN` (library: [`adp::eval::shard`]).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use clap::ArgMatches;
+
+use adp::eval::shard::{
+    EvalKey, EvalSettings, Shard, dataset_sha256, evaluate_shard, load_partials, merge,
+    save_partial, weights_sha256,
+};
+
+/// Combine the partial results of `adp eval RUN --shard i/n` (all n of them) into RUN/eval.json
+/// and eval.csv, equal to an unsharded `adp eval --no-indicators`.
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// Run directories whose shards to merge.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+}
+
+/// `adp eval` of one shard: the clean counts and every attack on the shard's slice, saved to
+/// RUN/eval-shards/I-of-N/partial.json.
+pub fn run_eval_shard(a: crate::EvalArgs, m: &ArgMatches, shard: Shard) -> Result<()> {
+    let specs = crate::attack_specs(&a, m)?;
+    ensure!(a.seeds >= 1, "--seeds must be at least 1");
+    ensure!(
+        a.no_indicators,
+        "--shard measures clean and robust accuracy only; add --no-indicators (the indicators \
+         are not sharded)"
+    );
+    let (loaded, device) = crate::load_for_eval(&a.run, &a.on)?;
+    let key = EvalKey {
+        label: loaded.config.label(),
+        weights_sha256: weights_sha256(&a.run)?,
+        examples: loaded.test.len(),
+        test_sha256: dataset_sha256(&loaded.test),
+        settings: EvalSettings {
+            attacks: specs,
+            targeted: a.targeted,
+            seeds: a.seeds,
+            seed: a.on.seed,
+            batch_size: a.on.batch_size,
+        },
+    };
+    let part = evaluate_shard(&loaded.model, &loaded.test, key, shard, &device)
+        .with_context(|| format!("shard {shard} of {}", a.run.display()))?;
+    let path = save_partial(&a.run, &part)?;
+    println!(
+        "shard {shard}: test examples {}..{} ({}), clean errors of the ensemble {}; written to {}",
+        part.examples.start,
+        part.examples.end,
+        part.examples.len(),
+        part.clean.ensemble_wrong,
+        path.display()
+    );
+    Ok(())
+}
+
+/// `adp merge`.
+pub fn run_merge(a: MergeArgs) -> Result<()> {
+    for run in &a.runs {
+        let parts = load_partials(run)?;
+        let report = merge(run, &parts)?;
+        let _lock = adp::lock::RunLock::acquire(run, "merge")?;
+        println!(
+            "{}",
+            adp::report::comparison_markdown(std::slice::from_ref(&report))
+        );
+        report.save(run).with_context(|| {
+            format!(
+                "the merged results were not saved to {}",
+                run.join("eval.json").display()
+            )
+        })?;
+        println!(
+            "merged {} shards into {}/eval.json and eval.csv",
+            parts.len(),
+            run.display()
+        );
+    }
+    Ok(())
+}
