@@ -22,6 +22,8 @@ use adp::train::adversarial::{AdvAttack, AdvTrainConfig};
 use adp::train::checkpoint::load_run;
 use adp::train::{FreezeConfig, Method, TrainConfig, train};
 
+mod cli_peers;
+
 /// Ensembles trained with the Adaptive Diversity Promoting regulariser (Pang et al., ICML 2019),
 /// and the attacks that measure their robustness.
 #[derive(Parser, Debug)]
@@ -90,9 +92,11 @@ enum DataCommand {
 
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// Objective: ece (Eq. 2) or adp (Eq. 5).
+    /// Objective: ece (Eq. 2), adp (Eq. 5), or the peer defences gal, dverge, trs.
     #[arg(long, value_enum, default_value = "adp")]
     method: Method,
+    #[command(flatten)]
+    peers: cli_peers::PeerArgs,
     /// Weight α of the ensemble entropy.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     alpha: f64,
@@ -618,7 +622,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         "--adv-eps takes two numbers MIN,MAX (paper: 0.01,0.05), got {}",
         a.adv_eps.len()
     );
+    let (gal, dverge, trs) = a.peers.sections(a.method, a.dataset);
     let config = TrainConfig {
+        gal,
+        dverge,
+        trs,
         dataset: a.dataset,
         data_dir: a.data_dir.unwrap_or_else(|| a.dataset.default_dir()),
         model: a.model,
