@@ -64,3 +64,28 @@ impl PeerArgs {
         }
     }
 }
+
+/// `adp reproduce peers`: into `out` (default `runs/peers-<dataset>-<preset>`).
+pub fn reproduce(
+    preset: adp::reproduce::Preset,
+    dataset: DatasetKind,
+    out: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    device: adp::device::DeviceKind,
+) -> anyhow::Result<()> {
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("peers-{}-{:?}", dataset.name(), preset).to_lowercase())
+    });
+    let data_dir = data_dir.unwrap_or_else(|| dataset.default_dir());
+    let config = adp::peers::PeersConfig::preset(preset, dataset, data_dir, device);
+    let start = std::time::Instant::now();
+    let results = adp::peers::run_peers(&config, &out)?;
+    let md = adp::peers::write_peers(&config, &results, &out)?;
+    println!("{md}");
+    println!(
+        "written to {} in {:.0} s",
+        out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

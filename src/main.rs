@@ -423,6 +423,8 @@ enum Experiment {
     /// The ablation grid of the official code's details (architecture, augmentation,
     /// normalisation, budget, attack objective) for ECE and ADP_{2,0.5}: `fidelity.md`.
     Fidelity,
+    /// ECE, ADP_{2,0.5}, GAL, DVERGE and TRS side by side (`adp::peers`): `peers.md`.
+    Peers,
 }
 
 impl Experiment {
@@ -430,6 +432,7 @@ impl Experiment {
     fn figure(self) -> Option<Figure> {
         match self {
             Experiment::Mnist | Experiment::FashionMnist | Experiment::Fidelity => None,
+            Experiment::Peers => None,
             Experiment::Transfer => Some(Figure::Transfer),
             Experiment::Detect => Some(Figure::Detect),
             Experiment::EdHistogram => Some(Figure::EdHistogram),
@@ -560,6 +563,9 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         (_, Some(t)) => args.dataset.unwrap_or(t.default_dataset()),
         _ => args.dataset.unwrap_or(DatasetKind::Mnist),
     };
+    if args.experiment == Experiment::Peers {
+        return cli_peers::reproduce(args.preset, dataset, args.out, args.data_dir, args.device);
+    }
     ensure!(
         table.is_some() || dataset.cifar().is_none(),
         "`adp reproduce` trains with the MNIST presets; --dataset must be mnist or fashion-mnist (only table1 … table5 take CIFAR)"

@@ -10,7 +10,7 @@ pub mod ensemble;
 pub mod input_grad;
 pub mod resnet;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

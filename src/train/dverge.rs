@@ -200,14 +200,12 @@ pub fn start_from(
         .with_context(|| format!("`start_from` in [dverge]: cannot load {}", from.display()))?;
     ensure!(
         &theirs == spec,
-        "`start_from` in [dverge]: {} holds {} members of {:?} on {:?} images, but this run trains {} of {:?} on {:?}",
+        "`start_from` in [dverge]: {} describes other members than this run trains ({} of {:?} on {:?} images, normalised with {} mean values); train the start with the same --members, --model, --dataset and --normalize",
         from.join("model.toml").display(),
-        theirs.members,
-        theirs.member.kind,
-        theirs.member.input_shape,
         spec.members,
         spec.member.kind,
-        spec.member.input_shape
+        spec.member.input_shape,
+        spec.member.mean.len()
     );
     Ok(model)
 }

@@ -89,3 +89,41 @@ pub fn gal_step(
     let logits = Tensor::stack::<3>(logits, 1);
     update(model, optims, loss, logits, batch.labels, l2, lrs, frozen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::peers::check_f64_gradient;
+
+    fn labels(device: &Device) -> Tensor<1, Int> {
+        Tensor::from_data(TensorData::new(vec![0i64, 2, 1, 2], [4]), device)
+    }
+
+    /// The whole GAL objective as a function of three members' logits `[4, 3]` and input
+    /// gradients `[4, 3]` (the parts 0-2 logits, 3-5 gradients).
+    #[test]
+    fn gal_loss_gradient_matches_finite_differences() {
+        check_f64_gradient(
+            |p| {
+                gal_loss(
+                    &p[..3],
+                    &p[3..],
+                    labels(&p[0].device()),
+                    &GalConfig::default(),
+                )
+            },
+            6,
+            [4, 3],
+            21,
+        );
+    }
+
+    #[test]
+    fn coherence_of_identical_gradients_is_log_of_the_pair_count_times_e() {
+        let d = Device::default();
+        let g = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], &d);
+        let c = coherence(&[g.clone(), g.clone(), g]).into_scalar::<f32>();
+        // Three pairs, each cosine 1: log(3e).
+        assert!((c - (3f32.ln() + 1.0)).abs() < 1e-5, "{c}");
+    }
+}

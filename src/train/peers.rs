@@ -137,6 +137,66 @@ pub fn update(
     Ok((model, metrics))
 }
 
+/// Central finite differences (f64) of `f` of `parts` tensors `[n, d]` against autodiff: the
+/// check of every peer loss.
+#[cfg(test)]
+pub(crate) fn check_f64_gradient(
+    f: impl Fn(&[Tensor<2>]) -> Tensor<1>,
+    parts: usize,
+    [n, d]: [usize; 2],
+    seed: u64,
+) {
+    use burn::tensor::{DType, TensorCreationOptions};
+    let base = crate::model::test_util::values(parts * n * d, seed);
+    let make = |v: &[f64], device: &Device| -> Vec<Tensor<2>> {
+        v.chunks(n * d)
+            .map(|c| {
+                let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F64);
+                Tensor::<2>::from_data(TensorData::new(c.to_vec(), [n, d]), options)
+            })
+            .collect()
+    };
+    let ad = Device::default().autodiff();
+    let leaves: Vec<Tensor<2>> = make(&base, &ad)
+        .into_iter()
+        .map(|t| t.require_grad())
+        .collect();
+    assert_eq!(leaves[0].dtype(), DType::F64, "the check needs f64");
+    let grads = f(&leaves).backward();
+    let analytic: Vec<f64> = leaves
+        .iter()
+        .flat_map(|t| {
+            t.grad(&grads)
+                .map(|g| g.into_data().try_into_vec_as::<f64>().unwrap())
+                .unwrap_or_else(|| vec![0.0; n * d])
+        })
+        .collect();
+    let plain = Device::default();
+    let eval = |v: Vec<f64>| -> f64 {
+        f(&make(&v, &plain))
+            .into_data()
+            .try_into_vec_as::<f64>()
+            .unwrap()[0]
+    };
+    let h = 1e-6;
+    let mut nonzero = 0;
+    for (i, a) in analytic.iter().enumerate() {
+        let (mut plus, mut minus) = (base.clone(), base.clone());
+        plus[i] += h;
+        minus[i] -= h;
+        let numeric = (eval(plus) - eval(minus)) / (2.0 * h);
+        assert!(
+            (a - numeric).abs() <= 1e-6 * (1.0 + numeric.abs()),
+            "d/d[{i}]: autodiff {a} vs finite difference {numeric}"
+        );
+        nonzero += usize::from(a.abs() > 1e-9);
+    }
+    assert!(
+        nonzero > analytic.len() / 2,
+        "mostly zero gradients test little"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,3 +206,39 @@ pub fn trs_step(
     let logits = Tensor::stack::<3>(logits, 1);
     update(model, optims, loss, logits, y, l2, lrs, frozen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::peers::check_f64_gradient;
+
+    /// The TRS objective as a function of three members' logits, clean gradients and smoothness
+    /// gradients (parts 0-2, 3-5, 6-8), all `[4, 3]`.
+    #[test]
+    fn trs_loss_gradient_matches_finite_differences() {
+        check_f64_gradient(
+            |p| {
+                let y =
+                    Tensor::from_data(TensorData::new(vec![1i64, 0, 2, 2], [4]), &p[0].device());
+                trs_loss(&p[..3], &p[3..6], &p[6..], y, &TrsConfig::default())
+            },
+            9,
+            [4, 3],
+            33,
+        );
+    }
+
+    #[test]
+    fn the_smoothness_budget_grows_linearly_from_init_eps() {
+        let c = TrsConfig::default();
+        assert!((c.eps_at(0, 10) - 0.1).abs() < 1e-12);
+        assert!((c.eps_at(5, 10) - 0.15).abs() < 1e-12);
+    }
+
+    #[test]
+    fn magnitude_is_twice_the_mean_squared_norm() {
+        let d = Device::default();
+        let g = Tensor::<2>::from_floats([[3.0, 4.0], [0.0, 1.0]], &d);
+        assert!((magnitude(g).into_scalar::<f32>() - 26.0).abs() < 1e-5);
+    }
+}
