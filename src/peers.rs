@@ -222,7 +222,7 @@ pub fn write_peers(config: &PeersConfig, results: &[PeerResult], out: &Path) -> 
         "time vs ECE".into(),
     ]);
     let mut md = format!(
-        "# Ensemble-diversity defences side by side ({} , {:?} preset)\n\n{}; clean accuracy on {} test images, attacks on the first {}, transfer matrices on the first {}. Accuracies in %; transfer is the mean accuracy of member j on examples crafted on member i ≠ j (higher: less transfer). DVERGE starts from the ECE run; its time counts its own epochs.\n\n",
+        "# Ensemble-diversity defences side by side ({}, {:?} preset)\n\n{}; clean accuracy on {} test images, attacks on the first {}, transfer matrices on the first {}. Accuracies in %; transfer is the mean accuracy of member j on examples crafted on member i ≠ j (higher: less transfer). DVERGE starts from the ECE run; its time counts its own epochs.\n\n",
         config.reproduce.dataset.name(),
         config.reproduce.preset,
         training_summary(&config.reproduce.train),
@@ -272,4 +272,60 @@ pub fn write_peers(config: &PeersConfig, results: &[PeerResult], out: &Path) -> 
         &out.join("peers-transfer"),
     )?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_five_methods_share_one_budget_and_dverge_starts_from_the_ece_run() {
+        let c = PeersConfig::preset(Preset::Cpu, DatasetKind::Mnist, "d".into(), DeviceKind::Cpu);
+        let methods = c.methods(Path::new("out"));
+        let labels: Vec<String> = methods.iter().map(|m| m.label()).collect();
+        assert_eq!(labels, ["ECE", "ADP_{2,0.5}", "GAL", "DVERGE", "TRS"]);
+        for m in &methods {
+            assert_eq!(
+                (m.epochs, m.members, m.train_limit, m.model),
+                (
+                    c.reproduce.train.epochs,
+                    3,
+                    Some(10_000),
+                    crate::model::ModelKind::Resnet20
+                )
+            );
+        }
+        let start = methods[3].dverge.as_ref().unwrap().start_from.clone();
+        assert_eq!(start, Some(PathBuf::from("out/ece")));
+        let names: Vec<String> = c.attacks.iter().map(|a| a.kind.name().into()).collect();
+        assert_eq!(names, ["pgd", "pgd", "apgd-ce", "apgd-ce", "autoattack"]);
+    }
+
+    #[test]
+    fn transfer_is_the_mean_off_the_diagonal() {
+        let m = TransferMatrix {
+            attack: "pgd".into(),
+            description: String::new(),
+            parameter: String::new(),
+            targeted: false,
+            examples: 1,
+            values: vec![vec![0.0, 0.5], vec![0.25, 0.0]],
+        };
+        assert!((off_diagonal_mean(&m) - 0.375).abs() < 1e-12);
+    }
+
+    #[test]
+    fn seconds_per_epoch_is_the_mean_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "epoch,loss,ece,entropy,log_det,accuracy,lr,seconds,member_ce,frozen\n\
+                   1,1,1,1,1,0.5,1e-3,10.0,1;1,0;0\n2,1,1,1,1,0.5,1e-3,20.0,1;1,0;0\n";
+        std::fs::write(dir.path().join("history.csv"), csv).unwrap();
+        assert!((seconds_per_epoch(dir.path()).unwrap() - 15.0).abs() < 1e-12);
+        std::fs::write(dir.path().join("history.csv"), "epoch,loss\n1,2\n").unwrap();
+        let err = seconds_per_epoch(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("history.csv") && err.contains("seconds"),
+            "{err}"
+        );
+    }
 }

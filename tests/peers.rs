@@ -157,3 +157,34 @@ fn configs_without_peer_sections_load_and_peer_sections_round_trip() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn reproduce_peers_tiny_writes_the_table_the_transfer_matrices_and_the_plot() {
+    let out = scratch().join("peers-tiny");
+    let data = synthetic_data();
+    let o = adp_ok(&common::reproduce_tiny_args("peers", &data, &out));
+    let md = std::fs::read_to_string(out.join("peers.md")).unwrap();
+    for label in [
+        "| ECE |",
+        "| ADP_{2,0.5} |",
+        "| GAL |",
+        "| DVERGE |",
+        "| TRS |",
+    ] {
+        assert!(md.contains(label), "{label} missing from\n{md}");
+    }
+    assert!(md.contains("| 1.00× |"), "ECE's time is the unit:\n{md}");
+    assert_eq!(md.matches("crafted on \\ fed to").count(), 5, "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("peers.json")).unwrap()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 5);
+    assert_eq!(
+        std::fs::read_to_string(out.join("peers.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+    assert!(out.join("peers-transfer.png").exists());
+    assert!(common::stdout(&o).contains("written to"));
+}
