@@ -24,7 +24,10 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 fn values<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    block_on(B::float_into_data(t)).unwrap().try_to_vec().unwrap()
+    block_on(B::float_into_data(t))
+        .unwrap()
+        .try_to_vec()
+        .unwrap()
 }
 
 type Inner = Autodiff<Flex>;
@@ -87,7 +90,15 @@ fn main() {
     let grads2 = Inner::backward(loss);
     let w_inner = Outer::inner(w);
     match Inner::grad(&w_inner, &grads2) {
-        Some(dw) => println!("nested: dL/dw = {:?}", values::<Flex>(dw)),
-        None => println!("nested: dL/dw = None (w not reached)"),
+        Some(dw) => {
+            let dw = values::<Flex>(dw);
+            println!("nested: dL/dw = {dw:?}");
+            let exact = dw
+                .iter()
+                .zip(&analytic)
+                .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+            assert!(exact, "the nested backend's second derivative is wrong");
+        }
+        None => panic!("nested: dL/dw = None (w not reached)"),
     }
 }
