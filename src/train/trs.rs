@@ -228,6 +228,66 @@ mod tests {
         );
     }
 
+    /// A few TRS steps with a large scale lower both regularisers on the batch they train on.
+    #[test]
+    fn trs_steps_lower_the_gradient_similarity_and_magnitude() {
+        use crate::model::{ModelKind, tiny_config};
+        let ad = Device::default().autodiff();
+        ad.seed(9);
+        let mut model = Ensemble::new(&tiny_config(ModelKind::Cnn, 3), 3, &ad);
+        let v: Vec<f32> = crate::model::test_util::values(8 * 64, 4)
+            .iter()
+            .map(|v| ((v + 2.0) / 4.0) as f32)
+            .collect();
+        let x = Tensor::<1>::from_data(TensorData::new(v, [8 * 64]), &ad).reshape([8, 1, 8, 8]);
+        let y = Tensor::from_data(TensorData::new(vec![0i64, 1, 2, 0, 1, 2, 0, 1], [8]), &ad);
+        let regularisers = |m: &Ensemble| {
+            let (_, g) = logits_and_grads(&m.valid(), x.clone().inner(), y.clone().inner());
+            [
+                similarity(&g).into_scalar::<f32>(),
+                smoothness(&g).into_scalar::<f32>(),
+            ]
+        };
+        let before = regularisers(&model);
+        let mut optims: Vec<ModuleOptimizer> = (0..3)
+            .map(|_| burn::optim::AdamConfig::new().init())
+            .collect();
+        let config = TrsConfig {
+            scale: 100.0,
+            steps: 1,
+            ..TrsConfig::default()
+        };
+        for step in 0..10 {
+            let batch = Batch {
+                images: x.clone(),
+                labels: y.clone(),
+            };
+            let at = StepAt {
+                seed: 1,
+                epoch: 0,
+                epochs: 1,
+                step,
+            };
+            model = trs_step(
+                model,
+                &mut optims,
+                batch,
+                &config,
+                at,
+                0.0,
+                &[1e-3; 3],
+                &[false; 3],
+            )
+            .unwrap()
+            .0;
+        }
+        let after = regularisers(&model);
+        assert!(
+            after[0] < before[0] && after[1] < before[1],
+            "similarity, smoothness {before:?} -> {after:?}"
+        );
+    }
+
     #[test]
     fn the_smoothness_budget_grows_linearly_from_init_eps() {
         let c = TrsConfig::default();
