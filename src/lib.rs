@@ -19,6 +19,7 @@ pub mod io;
 pub mod lock;
 pub mod loss;
 pub mod model;
+pub mod peers;
 pub mod progress;
 pub mod report;
 pub mod reproduce;

@@ -100,9 +100,11 @@ enum DataCommand {
 
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// Objective: ece (Eq. 2) or adp (Eq. 5).
+    /// Objective: ece (Eq. 2), adp (Eq. 5), or the peer defences gal, dverge, trs.
     #[arg(long, value_enum, default_value = "adp")]
     method: Method,
+    #[command(flatten)]
+    peers: cli::peers::PeerArgs,
     /// Weight α of the ensemble entropy.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     alpha: f64,
@@ -433,6 +435,8 @@ enum Experiment {
     /// The ablation grid of the official code's details (architecture, augmentation,
     /// normalisation, budget, attack objective) for ECE and ADP_{2,0.5}: `fidelity.md`.
     Fidelity,
+    /// ECE, ADP_{2,0.5}, GAL, DVERGE and TRS side by side (`adp::peers`): `peers.md`.
+    Peers,
 }
 
 impl Experiment {
@@ -440,6 +444,7 @@ impl Experiment {
     fn figure(self) -> Option<Figure> {
         match self {
             Experiment::Mnist | Experiment::FashionMnist | Experiment::Fidelity => None,
+            Experiment::Peers => None,
             Experiment::Transfer => Some(Figure::Transfer),
             Experiment::Detect => Some(Figure::Detect),
             Experiment::EdHistogram => Some(Figure::EdHistogram),
@@ -615,6 +620,9 @@ fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         (_, Some(t)) => args.dataset.unwrap_or(t.default_dataset()),
         _ => args.dataset.unwrap_or(DatasetKind::Mnist),
     };
+    if args.experiment == Experiment::Peers {
+        return cli::peers::reproduce(args.preset, dataset, args.out, args.data_dir, args.device);
+    }
     ensure!(
         table.is_some() || dataset.cifar().is_none(),
         "`adp reproduce` trains with the MNIST presets; --dataset must be mnist or fashion-mnist (only table1 … table5 take CIFAR)"
@@ -681,7 +689,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         "--adv-eps takes two numbers MIN,MAX (paper: 0.01,0.05), got {}",
         a.adv_eps.len()
     );
+    let (gal, dverge, trs) = a.peers.sections(a.method, a.dataset);
     let config = TrainConfig {
+        gal,
+        dverge,
+        trs,
         dataset: a.dataset,
         data_dir: a.data_dir.unwrap_or_else(|| a.dataset.default_dir()),
         model: a.model,

@@ -160,6 +160,9 @@ fn paper_attacks(full: bool) -> Vec<AttackSpec> {
 pub fn run_name(config: &TrainConfig) -> String {
     let mut name = match (config.method, config.adp.diversity) {
         (Method::Ece, _) => "ece".to_string(),
+        (Method::Gal, _) => "gal".to_string(),
+        (Method::Dverge, _) => "dverge".to_string(),
+        (Method::Trs, _) => "trs".to_string(),
         (Method::Adp, Diversity::LogDet) => format!("adp-{}-{}", config.adp.alpha, config.adp.beta),
         (Method::Adp, Diversity::Jsd) => {
             format!("adp-jsd-{}-{}", config.adp.alpha, config.adp.beta)

@@ -1,6 +1,7 @@
 //! Subcommands of the `adp` binary kept out of `main.rs`: `adp sweep`, `adp eval --shard`,
-//! `adp merge` and `adp data synthetic`.
+//! `adp merge`, `adp data synthetic` and the peer methods' options.
 
+pub mod peers;
 pub mod shard;
 pub mod sweep;
 

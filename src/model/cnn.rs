@@ -12,11 +12,11 @@ use super::{MemberConfig, Normalize, conv, he_normal, kernel_sq};
 /// The small CNN.
 #[derive(Module, Debug)]
 pub struct Cnn {
-    norm: Normalize,
-    conv1: Conv2d,
-    conv2: Conv2d,
-    fc1: Linear,
-    fc2: Linear,
+    pub(super) norm: Normalize,
+    pub(super) conv1: Conv2d,
+    pub(super) conv2: Conv2d,
+    pub(super) fc1: Linear,
+    pub(super) fc2: Linear,
 }
 
 impl Cnn {

@@ -7,9 +7,10 @@ pub mod batch_norm;
 pub mod cnn;
 pub mod conv;
 pub mod ensemble;
+pub mod input_grad;
 pub mod resnet;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -69,14 +70,17 @@ impl Normalize {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let device = x.device();
         let [_, c, h, w] = x.dims();
-        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device);
+        // Cast to the pixels' float type (f32 unless a test runs the member in f64).
+        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device).cast(x.dtype());
         let mean = if self.mean.len() == c {
             mean.reshape([1, c, 1, 1])
         } else {
             mean.reshape([1, c, h, w])
         };
         let inv: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
-        let inv = Tensor::<1>::from_floats(inv.as_slice(), &device).reshape([1, c, 1, 1]);
+        let inv = Tensor::<1>::from_floats(inv.as_slice(), &device)
+            .cast(x.dtype())
+            .reshape([1, c, 1, 1]);
         (x - mean) * inv
     }
 }

@@ -23,8 +23,8 @@ fn conv(i: usize, o: usize, k: usize, stride: usize, device: &Device) -> Conv2d 
 /// Convolution followed by batch normalisation.
 #[derive(Module, Debug)]
 pub struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
+    pub(super) conv: Conv2d,
+    pub(super) bn: BatchNorm,
 }
 
 impl ConvBn {
@@ -38,7 +38,7 @@ impl ConvBn {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(super) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         batch_norm::forward(&self.bn, conv::forward(&self.conv, x))
     }
 }
@@ -46,9 +46,9 @@ impl ConvBn {
 /// Two 3x3 conv-BN layers with an identity or 1x1-projection shortcut.
 #[derive(Module, Debug)]
 pub struct BasicBlock {
-    a: ConvBn,
-    b: ConvBn,
-    shortcut: Option<Conv2d>,
+    pub(super) a: ConvBn,
+    pub(super) b: ConvBn,
+    pub(super) shortcut: Option<Conv2d>,
 }
 
 impl BasicBlock {
@@ -65,10 +65,10 @@ impl BasicBlock {
 /// ResNet v1 of depth `6n + 2`.
 #[derive(Module, Debug)]
 pub struct ResNet {
-    norm: Normalize,
-    stem: ConvBn,
-    blocks: Vec<BasicBlock>,
-    head: Linear,
+    pub(super) norm: Normalize,
+    pub(super) stem: ConvBn,
+    pub(super) blocks: Vec<BasicBlock>,
+    pub(super) head: Linear,
 }
 
 impl ResNet {

@@ -15,6 +15,10 @@
 
 pub mod adversarial;
 pub mod checkpoint;
+pub mod dverge;
+pub mod gal;
+pub mod peers;
+pub mod trs;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,6 +39,7 @@ pub use checkpoint::Manifest;
 use checkpoint::{
     Latest, ModelSpec, checkpoint_dir, checkpoints, latest, save_checkpoint, save_model,
 };
+use peers::Objective;
 
 /// The burn release `adp` is built against (kept in step with Cargo.toml).
 pub const BURN_VERSION: &str = "0.22.1";
@@ -47,6 +52,12 @@ pub enum Method {
     Ece,
     /// ECE minus the ADP regulariser, Eq. 5.
     Adp,
+    /// GAL: the gradient alignment loss (Kariyappa & Qureshi, 2019), [`gal`].
+    Gal,
+    /// DVERGE: round-robin feature distillation (Yang et al., NeurIPS 2020), [`dverge`].
+    Dverge,
+    /// TRS: gradient similarity and smoothness losses (Yang et al., NeurIPS 2021), [`trs`].
+    Trs,
 }
 
 /// When a member counts as converged (Algorithm 1); see the module documentation.
@@ -82,6 +93,15 @@ pub struct TrainConfig {
     pub method: Method,
     /// ADP hyper-parameters (ignored, i.e. zero, for ECE).
     pub adp: AdpConfig,
+    /// GAL settings (`None`: the defaults of [`gal::GalConfig`]); only read for `method = "gal"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gal: Option<gal::GalConfig>,
+    /// DVERGE settings (`None`: [`dverge::DvergeConfig::for_dataset`]); for `method = "dverge"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dverge: Option<dverge::DvergeConfig>,
+    /// TRS settings (`None`: the defaults of [`trs::TrsConfig`]); for `method = "trs"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trs: Option<trs::TrsConfig>,
     /// Number of epochs.
     pub epochs: usize,
     /// Mini-batch size.
@@ -136,6 +156,9 @@ impl TrainConfig {
             members: 3,
             method,
             adp: AdpConfig::new(alpha, beta),
+            gal: None,
+            dverge: None,
+            trs: None,
             epochs: 40,
             batch_size: 64,
             lr: 1e-3,
@@ -167,10 +190,27 @@ impl TrainConfig {
         c
     }
 
-    /// The objective actually minimised: zero regulariser for ECE.
+    /// The objective of this run, with its method's settings.
+    pub fn training_objective(&self) -> peers::Objective {
+        use peers::Objective;
+        match self.method {
+            Method::Ece => Objective::Ece,
+            Method::Adp => Objective::Adp(self.adp.clone()),
+            Method::Gal => Objective::Gal(self.gal.clone().unwrap_or_default()),
+            Method::Dverge => Objective::Dverge(
+                self.dverge
+                    .clone()
+                    .unwrap_or_else(|| dverge::DvergeConfig::for_dataset(self.dataset)),
+            ),
+            Method::Trs => Objective::Trs(self.trs.clone().unwrap_or_default()),
+        }
+    }
+
+    /// The ECE/ADP objective (Eq. 5): zero regulariser for ECE and for the peer methods, whose
+    /// own objectives [`Self::training_objective`] gives.
     pub fn objective(&self) -> AdpConfig {
         match self.method {
-            Method::Ece => AdpConfig {
+            Method::Ece | Method::Gal | Method::Dverge | Method::Trs => AdpConfig {
                 alpha: 0.0,
                 beta: 0.0,
                 ..self.adp.clone()
@@ -188,6 +228,9 @@ impl TrainConfig {
         }
         let objective = match (self.method, self.adp.diversity) {
             (Method::Ece, _) => "ECE".to_string(),
+            (Method::Gal, _) => "GAL".to_string(),
+            (Method::Dverge, _) => "DVERGE".to_string(),
+            (Method::Trs, _) => "TRS".to_string(),
             (Method::Adp, Diversity::LogDet) => {
                 format!("ADP_{{{},{}}}", self.adp.alpha, self.adp.beta)
             }
@@ -198,7 +241,7 @@ impl TrainConfig {
         match (&self.adv_train, self.method) {
             (None, _) => objective,
             (Some(a), Method::Ece) => format!("AdvT_{}", a.attack.label()),
-            (Some(a), Method::Adp) => format!("AdvT_{} + {objective}", a.attack.label()),
+            (Some(a), _) => format!("AdvT_{} + {objective}", a.attack.label()),
         }
     }
 
@@ -281,6 +324,18 @@ impl TrainConfig {
         };
         if let Some(a) = &self.adv_train {
             section(a.validate(), "adv_train")?;
+        }
+        let peer = matches!(self.method, Method::Gal | Method::Dverge | Method::Trs);
+        ensure!(
+            !peer || self.adv_train.is_none(),
+            "{} combines adversarial training only with ECE and ADP; the peer methods train on their own examples",
+            opt("adv-train", "adv_train")
+        );
+        match self.training_objective() {
+            peers::Objective::Gal(g) => section(g.validate(), "gal")?,
+            peers::Objective::Dverge(d) => section(d.validate(), "dverge")?,
+            peers::Objective::Trs(t) => section(t.validate(), "trs")?,
+            _ => {}
         }
         section(self.adp.validate(), "adp")
     }
@@ -480,6 +535,14 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             run.display(),
             state.epoch
         ));
+    }
+    if prior.is_none()
+        && let Objective::Dverge(dverge::DvergeConfig {
+            start_from: Some(from),
+            ..
+        }) = config.training_objective()
+    {
+        model = dverge::start_from(&from, &spec, &ad)?;
     }
     model = apply_frozen(model, &state.frozen);
 
@@ -909,6 +972,20 @@ fn run_epoch(
         &format!("{} epoch {}/{}", config.label(), epoch + 1, config.epochs),
     );
     let k = config.members;
+    let method = config.training_objective();
+    // DVERGE's targets: another shuffle of the training set (the code's `DistillationLoader`),
+    // and the epoch's distillation layer.
+    let targets = match &method {
+        Objective::Dverge(d) => {
+            let seed = config.seed ^ 0x7a4f_d1e5;
+            let mut t = Batcher::shuffled(data, config.batch_size, seed, epoch);
+            if config.augment {
+                t = t.augmented(seed, epoch);
+            }
+            Some((t, d.layer_at(&model.members[0], config.seed, epoch)?))
+        }
+        _ => None,
+    };
     let mut sums = [0f64; 5]; // loss, ece, entropy, log_det, correct
     let mut member_ce = vec![0f64; k];
     let mut seen = 0usize;
@@ -919,15 +996,22 @@ fn run_epoch(
         }
         let n = batch.labels.dims()[0];
         let lrs: Vec<f64> = (0..k).map(|j| config.lr_at(epoch, j)).collect();
-        let step = train_step(
-            model,
-            optims,
-            batch,
-            objective,
-            config.l2,
-            &lrs,
-            &state.frozen,
-        );
+        let (l2, frozen) = (config.l2, &state.frozen);
+        let at = peers::StepAt {
+            seed: config.seed,
+            epoch,
+            epochs: config.epochs,
+            step: i,
+        };
+        let step = match (&method, &targets) {
+            (Objective::Gal(g), _) => gal::gal_step(model, optims, batch, g, l2, &lrs, frozen),
+            (Objective::Trs(t), _) => trs::trs_step(model, optims, batch, t, at, l2, &lrs, frozen),
+            (Objective::Dverge(d), Some((targets, layer))) => {
+                let target = targets.batch(i, device).images;
+                dverge::dverge_step(model, optims, batch, target, *layer, d, l2, &lrs, frozen)
+            }
+            _ => train_step(model, optims, batch, objective, l2, &lrs, frozen),
+        };
         let (next, m) = match step {
             Ok(done) => done,
             Err(NonFinite(value)) => {
