@@ -1,6 +1,6 @@
 //! MIM, the momentum iterative method (Dong et al., 2018, Algorithm 1), an L∞ variant of BIM:
 //!
-//! g⁰ = 0,  gᵗ⁺¹ = μ·gᵗ + ∇ₓJ(xᵗ) / ‖∇ₓJ(xᵗ)‖₁,  xᵗ⁺¹ = Π_{B∞(x, ε) ∩ [0,1]}(xᵗ + η·sign(gᵗ⁺¹)),
+//! g⁰ = 0,  gᵗ⁺¹ = μ·gᵗ + ∇ₓJ(xᵗ) / ‖∇ₓJ(xᵗ)‖₁,  xᵗ⁺¹ = Π_{B∞(x, ε) ∩ \[0, 1\]}(xᵗ + η·sign(gᵗ⁺¹)),
 //!
 //! with the L1 norm taken per example. The paper (Section 2.2 and 4.3) uses μ = 1 and 10 steps of
 //! η = ε/10 from x⁰ = x. With `restarts > 1` the later attempts start from uniform random points

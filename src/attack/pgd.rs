@@ -1,7 +1,7 @@
 //! Projected gradient descent under L∞ (Madry et al., 2018), and BIM (Kurakin et al., 2017) as
 //! its special case without random start:
 //!
-//! x⁰ = x + U(−ε, ε)ⁿ (random start) or x,  xᵗ⁺¹ = Π_{B∞(x, ε) ∩ [0,1]}(xᵗ + η·sign(∇ₓ J(xᵗ))).
+//! x⁰ = x + U(−ε, ε)ⁿ (random start) or x,  xᵗ⁺¹ = Π_{B∞(x, ε) ∩ \[0, 1\]}(xᵗ + η·sign(∇ₓ J(xᵗ))).
 //!
 //! The paper's default is 10 steps of η = ε/10 on J = cross-entropy of log F; J can be any
 //! [`Objective`] (the surrogates of Tramer et al., 2020, §7, or DLR). With `restarts > 1` every

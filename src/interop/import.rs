@@ -34,7 +34,7 @@ pub struct ImportOptions {
     pub members: Option<usize>,
     /// Data set the weights belong to (default: from the file's description).
     pub dataset: Option<DatasetKind>,
-    /// Directory of that data set for later `adp eval` (default: data/<dataset>).
+    /// Directory of that data set for later `adp eval` (default: `data/<dataset>`).
     pub data_dir: Option<PathBuf>,
     /// Run directory to create.
     pub out: PathBuf,

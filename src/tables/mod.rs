@@ -19,7 +19,7 @@
 //! The `cpu` preset trains Table 4's adversarially trained runs on half the images for 2 epochs
 //! (no learning-rate drop), as each AdvT-PGD step costs about 12 clean ones.
 //!
-//! Every method trains (or is reused) through [`train_or_reuse`], so tables sharing an output
+//! Every method trains (or is reused) through [`crate::reproduce::train_or_reuse`], so tables sharing an output
 //! directory share runs (`table1` and `table2` with the same `--out` train once, and reuse the
 //! runs of `adp reproduce mnist`). As in `adp reproduce mnist`, the `tiny` and `cpu` presets leave
 //! out JSMA, C&W and EAD (up to 1000 iterations per example); `paper` runs every row. Results go
