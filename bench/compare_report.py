@@ -168,7 +168,10 @@ def reference_table(adp: dict, refs: dict[str, dict]) -> list[str]:
             keys = [("attack torchattacks-pgd", model, k) if not sfx else None for _, _, sfx in cols]
         else:
             continue
-        ys = [index(rep).get(key, {}).get(field) if key else None for (_, rep, _), key in zip(cols, keys)]
+        ys = [
+            index(rep).get(key, {}).get(field) if key else None
+            for (_, rep, _), key in zip(cols, keys)
+        ]
         if all(y is None for y in ys):
             continue
         val = " | ".join("" if y is None else f"{y:.1f}" for y in ys)
@@ -192,7 +195,8 @@ def threads_table(runs: dict[int, tuple[dict, dict]], peak: dict | None) -> list
     counts = sorted(runs)
     out = ["Thread counts (img/s; PGD: gradient evaluations/s; speed-up over the fewest threads)", ""]
     out += [
-        "| row | model | K | threads | adp | PyTorch | adp / PyTorch | adp speed-up | PyTorch speed-up | peak speed-up |",
+        "| row | model | K | threads | adp | PyTorch | adp / PyTorch | adp speed-up "
+        "| PyTorch speed-up | peak speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_a, base_t = index(runs[counts[0]][0]), index(runs[counts[0]][1])

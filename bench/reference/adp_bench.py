@@ -300,10 +300,12 @@ def run(args) -> dict:
                         row, extra = train_variant(variant, args, kind, k, alpha, beta, device, task)
                         push(*row, **extra)
                     except Exception as e:  # noqa: BLE001 - reported, not fatal
-                        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                        first = (str(e).strip().splitlines() or [""])[0]
+                        msg = f"{type(e).__name__}: {first}"
                         print(f"{task} [{variant}] {kind} K={k}: failed: {msg}", file=sys.stderr)
-                        errors.append({"task": f"{task} [{variant}]", "model": kind, "members": k,
-                                       "error": msg})
+                        errors.append(
+                            {"task": f"{task} [{variant}]", "model": kind, "members": k, "error": msg}
+                        )
             reset_peak_rss()
             ens = make_ensemble(kind, k, device).eval()
             for p in ens.parameters():
@@ -412,7 +414,8 @@ def markdown(report: dict) -> str:
             f"| {r['task']} | {r['model']} | {r['members']} | {r['images_per_s']:.1f} | "
             f"{r['ms_per_batch']:.1f} | {r['peak_rss_mib']:.0f} | {g} |"
         )
-    out += [f"\n{e['task']} {e['model']} K={e['members']} failed: {e['error']}" for e in report["errors"]]
+    for e in report["errors"]:
+        out += ["", f"{e['task']} {e['model']} K={e['members']} failed: {e['error']}"]
     return "\n".join(out)
 
 
