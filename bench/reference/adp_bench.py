@@ -45,6 +45,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # The PyTorch twins of src/model live in interop/adp_models.py (one definition for both uses).
@@ -376,6 +377,8 @@ def train_variant(variant, args, kind, k, alpha, beta, device, task):
     else:  # compile
         model = ens
         loss_fn = torch.compile(forward_loss)
+        # torch 2.9's Inductor warns about its own use of a deprecated helper on every compile.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch._inductor")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-5)
 
     def step():
