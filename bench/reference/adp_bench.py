@@ -15,7 +15,19 @@ Times, on PyTorch, exactly what `adp bench` (src/bench.rs) times on burn:
 * ``attack pgd``: src/attack/pgd.rs mirrored (random start, sign steps of eps/10, projection,
   the goal check every step, the final judgement), counted in input gradients of one image;
 * ``attack torchattacks-pgd``: ``torchattacks.PGD`` with the same eps, step and iterations on
-  the same ensemble seen as a classifier with logits log F.
+  the same ensemble seen as a classifier with logits log F;
+* ``train ECE [vmap]`` / ``train ADP [vmap]`` (``--variants vmap``): the same step on the
+  ensemble vectorised as PyTorch documents for model ensembles: the members' parameters and
+  buffers stacked (``torch.func.stack_module_state``), one member run through
+  ``functional_call`` under ``vmap`` over the members, Adam on the stacked tensors (elementwise,
+  so the same update as K separate Adams);
+* ``train ECE [compile]`` / ``train ADP [compile]`` (``--variants compile``): the eager step
+  with its forward and loss through ``torch.compile`` (backward by AOTAutograd; Adam and the
+  read-backs stay eager); the compile happens in the warm-up, is bounded by
+  ``--compile-timeout`` seconds, and its time is kept in the row (``compile_s``); a failure or
+  time-out is recorded under ``errors`` instead of a row.
+
+Every training row carries ``gflop_per_step``, the analytic FLOPs of bench/reference/flops.py.
 
 Peak RSS is VmHWM of /proc/self/status, reset before each row where Linux allows it.
 
@@ -26,11 +38,14 @@ Run through `bench/compare` to get the ratios; alone:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # The PyTorch twins of src/model live in interop/adp_models.py (one definition for both uses).
@@ -48,6 +63,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("adp_bench.py needs torchattacks: run `bash python/setup.sh`")
 
 from adp_models import Ensemble, he_normal_  # noqa: E402
+from flops import train_step_flops  # noqa: E402
+
+VARIANTS = ("vmap", "compile")
 
 SHAPES = {"cnn": (1, 28), "resnet20": (3, 32)}
 CLASSES = 10
@@ -143,14 +161,52 @@ def make_ensemble(kind: str, k: int, device) -> Ensemble:
     return ens.to(device)
 
 
+class VmapEnsemble:
+    """The members of an Ensemble stacked and run as one under torch.func.vmap.
+
+    Training mode updates the batch-norm running statistics in place; they are stacked buffers
+    batched by vmap like the parameters, so each member keeps its own.
+    """
+
+    def __init__(self, ens: Ensemble):
+        members = list(ens.members)
+        self.params, self.buffers = torch.func.stack_module_state(members)
+        self.base = copy.deepcopy(members[0]).to("meta")
+        self.conv_weights = [
+            f"{name}.weight" for name, m in self.base.named_modules() if isinstance(m, torch.nn.Conv2d)
+        ]
+
+        def one(params, buffers, x):
+            return torch.func.functional_call(self.base, (params, buffers), (x,))
+
+        self.run = torch.func.vmap(one, in_dims=(0, 0, None))
+
+    def parameters(self):
+        return list(self.params.values())
+
+    def member_logits(self, x):
+        return self.run(self.params, self.buffers, x).transpose(0, 1)  # [K, B, L] -> [B, K, L]
+
+    def conv_l2(self):
+        return sum(self.params[n].square().sum() for n in self.conv_weights)
+
+
+class CompileTimeout(Exception):
+    pass
+
+
 # ---------------------------------------------------------------- the timed bodies
 
 
-def train_step(ens, opt, kind, n, alpha, beta, device, l2=1e-4):
-    images, labels = random_batch(kind, n, device)
+def forward_loss(ens, images, labels, alpha, beta, l2=1e-4):
     logits = ens.member_logits(images)
     total, ece, entropy, log_det = adp_loss(logits, labels, alpha, beta)
-    total = total + l2 * ens.conv_l2()
+    return total + l2 * ens.conv_l2(), ece, entropy, log_det, logits
+
+
+def train_step(ens, opt, kind, n, alpha, beta, device, loss_fn=forward_loss):
+    images, labels = random_batch(kind, n, device)
+    total, ece, entropy, log_det, logits = loss_fn(ens, images, labels, alpha, beta)
     value = total.item()
     if not math.isfinite(value):
         raise RuntimeError(f"non-finite loss {value} on random data")
@@ -204,7 +260,9 @@ def run(args) -> dict:
     n = args.batch_size
     rows = []
 
-    def push(task, kind, k, seconds, per_step, grads=None):
+    errors = []
+
+    def push(task, kind, k, seconds, per_step, grads=None, **extra):
         row = {
             "task": task,
             "model": kind,
@@ -213,7 +271,10 @@ def run(args) -> dict:
             "ms_per_batch": 1e3 * seconds,
             "peak_rss_mib": peak_rss_mib(),
             "gradients_per_s": grads,
+            **extra,
         }
+        if task.startswith("train "):
+            row["gflop_per_step"] = train_step_flops(kind, k, n) / 1e9
         print(f"{task} {kind} K={k}: {row['images_per_s']:.1f} img/s", file=sys.stderr)
         rows.append(row)
 
@@ -234,6 +295,18 @@ def run(args) -> dict:
                 )
                 push(task, kind, k, seconds, n)
                 del ens, opt
+                for variant in args.variants:
+                    reset_peak_rss()
+                    try:
+                        row, extra = train_variant(variant, args, kind, k, alpha, beta, device, task)
+                        push(*row, **extra)
+                    except Exception as e:  # noqa: BLE001 - reported, not fatal
+                        first = (str(e).strip().splitlines() or [""])[0]
+                        msg = f"{type(e).__name__}: {first}"
+                        print(f"{task} [{variant}] {kind} K={k}: failed: {msg}", file=sys.stderr)
+                        errors.append(
+                            {"task": f"{task} [{variant}]", "model": kind, "members": k, "error": msg}
+                        )
             reset_peak_rss()
             ens = make_ensemble(kind, k, device).eval()
             for p in ens.parameters():
@@ -276,6 +349,7 @@ def run(args) -> dict:
     return {
         "device": f"PyTorch {torch.__version__} ({device}, {torch.get_num_threads()} threads)",
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "baseline_rss_mib": baseline_rss_mib,
         "config": {
             "models": args.models,
@@ -288,7 +362,44 @@ def run(args) -> dict:
             "attack_steps": args.attack_steps,
         },
         "rows": rows,
+        "errors": errors,
     }
+
+
+def train_variant(variant, args, kind, k, alpha, beta, device, task):
+    """Times one training row of a PyTorch variant; returns push()'s arguments."""
+    n = args.batch_size
+    ens = make_ensemble(kind, k, device).train()
+    extra = {}
+    if variant == "vmap":
+        model, loss_fn = VmapEnsemble(ens), forward_loss
+        del ens
+    else:  # compile
+        model = ens
+        loss_fn = torch.compile(forward_loss)
+        # torch 2.9's Inductor warns about its own use of a deprecated helper on every compile.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch._inductor")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-5)
+
+    def step():
+        return train_step(model, opt, kind, n, alpha, beta, device, loss_fn)
+
+    if variant == "compile":
+        # The first step compiles the forward and the backward; bound it with an alarm.
+        def alarm(_signum, _frame):
+            raise CompileTimeout(f"compile did not finish in {args.compile_timeout} s")
+
+        previous = signal.signal(signal.SIGALRM, alarm)
+        signal.alarm(args.compile_timeout)
+        start = time.perf_counter()
+        try:
+            step()
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        extra["compile_s"] = time.perf_counter() - start
+    seconds = timed(args.warmup, args.steps, step)
+    return (f"{task} [{variant}]", kind, k, seconds, n, None), extra
 
 
 def markdown(report: dict) -> str:
@@ -306,6 +417,8 @@ def markdown(report: dict) -> str:
             f"| {r['task']} | {r['model']} | {r['members']} | {r['images_per_s']:.1f} | "
             f"{r['ms_per_batch']:.1f} | {r['peak_rss_mib']:.0f} | {g} |"
         )
+    for e in report["errors"]:
+        out += ["", f"{e['task']} {e['model']} K={e['members']} failed: {e['error']}"]
     return "\n".join(out)
 
 
@@ -325,6 +438,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", type=csv(str), default=[],
+                   help="extra training rows: vmap, compile (comma-separated; default none)")
+    p.add_argument("--compile-timeout", type=int, default=600,
+                   help="seconds the first (compiling) step of --variants compile may take")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     bad = [m for m in args.models if m not in SHAPES]
@@ -337,6 +454,11 @@ def main(argv=None) -> int:
     bad = [a for a in args.attacks if a != "pgd"]
     if bad:
         p.error(f"--attacks: the reference mirrors only pgd, got {bad}")
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants: unknown {bad}, expected some of {list(VARIANTS)}")
+    if args.compile_timeout < 1:
+        p.error("--compile-timeout must be at least 1 second")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: this PyTorch sees no CUDA device")
     torch.manual_seed(args.seed)
