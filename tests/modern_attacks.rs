@@ -1,7 +1,7 @@
-//! The attacks beyond the paper (APGD, APGD-T, FAB-T, Square, the cascades, the adaptive attack) on a
-//! small ADP ensemble trained here through the library on synthetic MNIST-shaped data: bounds,
-//! strength relative to PGD, targeted success, and the command line's errors. Iterations are
-//! kept small so that the file runs in seconds.
+//! The attacks beyond the paper (APGD, APGD-T, FAB-T, Square, the cascades, the adaptive attack,
+//! MORA) on a small ADP ensemble trained here through the library on synthetic MNIST-shaped data:
+//! bounds, strength relative to PGD, targeted success, and the command line's errors. Iterations
+//! are kept small so that the file runs in seconds.
 
 mod common;
 
@@ -83,6 +83,7 @@ fn every_new_attack_and_objective_stays_in_budget() {
         AttackKind::Square,
         AttackKind::ApgdCascade,
         AttackKind::Autoattack,
+        AttackKind::Mora,
     ]
     .into_iter()
     .map(|k| spec(k, eps, 3))
@@ -183,6 +184,35 @@ fn the_adaptive_attack_is_at_least_as_strong_as_pgd_10() {
         adaptive.accuracy,
         pgd_10()
     );
+}
+
+#[test]
+fn mora_is_at_least_as_strong_as_pgd_10_and_selectable_by_name() {
+    // Its standard sweep of 5 ascents, 10 iterations each.
+    let mora = evaluate(&spec(AttackKind::Mora, EPS, 10), false);
+    eprintln!("PGD-10 {} vs MORA {}", pgd_10(), mora.accuracy);
+    assert!(
+        mora.accuracy <= pgd_10(),
+        "MORA {} vs PGD-10 {}",
+        mora.accuracy,
+        pgd_10()
+    );
+    let (run, _, _) = trained();
+    let o = adp_ok(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--attack",
+        "mora",
+        "--eps",
+        "0.1",
+        "--steps",
+        "2",
+        "--no-indicators",
+        "--limit",
+        "10",
+    ]);
+    let stdout = stdout(&o);
+    assert!(stdout.contains("| MORA | ε = 0.1 |"), "{stdout}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod fgsm;
 pub mod jsma;
 pub mod margin;
 pub mod mim;
+pub mod mora;
 pub mod objective;
 pub mod pgd;
 pub mod square;
@@ -40,6 +41,7 @@ pub use fgsm::Fgsm;
 pub use jsma::Jsma;
 pub use margin::OptimSettings;
 pub use mim::Mim;
+pub use mora::Mora;
 pub use objective::{Criterion, Objective, Probe, restarted_ascent};
 pub use pgd::Pgd;
 pub use square::Square;
@@ -81,6 +83,9 @@ pub enum AttackKind {
     ApgdCascade,
     /// Adaptive attack on ADP (Tramer et al., 2020, §7): restarted PGD-20 then PGD-200.
     Adaptive,
+    /// MORA (Yu, Gao & Xu, 2022): the model-reweighing attack, its standard sweep of 5 ascents
+    /// of 100 iterations.
+    Mora,
 }
 
 impl AttackKind {
@@ -102,6 +107,7 @@ impl AttackKind {
             AttackKind::Autoattack => "autoattack",
             AttackKind::ApgdCascade => "apgd-cascade",
             AttackKind::Adaptive => "adaptive",
+            AttackKind::Mora => "mora",
         }
     }
 
@@ -126,7 +132,8 @@ impl AttackKind {
             | AttackKind::Square
             | AttackKind::Autoattack
             | AttackKind::ApgdCascade
-            | AttackKind::Adaptive => MainParameter::Eps,
+            | AttackKind::Adaptive
+            | AttackKind::Mora => MainParameter::Eps,
             AttackKind::Jsma => MainParameter::Gamma,
             AttackKind::Cw | AttackKind::Ead => MainParameter::C,
         }
@@ -418,6 +425,11 @@ impl AttackSpec {
                     None => adaptive,
                 })
             }
+            AttackKind::Mora => Box::new(Mora {
+                iterations: self.steps.unwrap_or(mora::DEFAULT_ITERATIONS),
+                restarts: self.restarts.unwrap_or(1),
+                ..Mora::new(self.eps)
+            }),
         }
     }
 }
