@@ -214,17 +214,17 @@ impl TrainConfig {
         }
     }
 
-    /// Checks every option, with one message naming the option and the fix.
+    /// Checks every field, with one message naming the field and the fix.
     pub fn validate(&self) -> Result<()> {
         self.validate_in(None)
     }
 
     /// [`Self::validate`] for a configuration read from `file` (a run's `config.toml`): the
-    /// messages name the file's fields rather than the command-line options.
+    /// messages name the file as well as the field.
     pub fn validate_in(&self, file: Option<&Path>) -> Result<()> {
-        let opt = |flag: &str, field: &str| match file {
-            None => format!("--{flag}"),
-            Some(f) => format!("`{field}` in {}", f.display()),
+        let field = |name: &str| match file {
+            None => format!("`{name}`"),
+            Some(f) => format!("`{name}` in {}", f.display()),
         };
         if let Some(from) = &self.imported_from {
             bail!(
@@ -235,55 +235,49 @@ impl TrainConfig {
         ensure!(
             (2..=MAX_MEMBERS).contains(&self.members),
             "{} must be at least 2 (an ensemble) and at most {MAX_MEMBERS}, got {}",
-            opt("members", "members"),
+            field("members"),
             self.members
         );
-        ensure!(
-            self.epochs >= 1,
-            "{} must be at least 1",
-            opt("epochs", "epochs")
-        );
+        ensure!(self.epochs >= 1, "{} must be at least 1", field("epochs"));
         ensure!(
             self.batch_size >= 1,
             "{} must be at least 1",
-            opt("batch-size", "batch_size")
+            field("batch_size")
         );
         ensure!(
             self.lr.is_finite() && self.lr > 0.0,
             "{} must be > 0, got {}",
-            opt("lr", "lr"),
+            field("lr"),
             self.lr
         );
         ensure!(
             self.lr_drop_factor.is_finite() && self.lr_drop_factor > 0.0,
-            "the learning-rate drop factor{} must be > 0",
-            file.map_or(String::new(), |f| format!(
-                " (`lr_drop_factor` in {})",
-                f.display()
-            ))
+            "{} must be > 0, got {}",
+            field("lr_drop_factor"),
+            self.lr_drop_factor
         );
         ensure!(
             self.l2.is_finite() && self.l2 >= 0.0,
             "{} must be >= 0, got {}",
-            opt("l2", "l2"),
+            field("l2"),
             self.l2
         );
         ensure!(
             self.member_lr.is_empty() || self.member_lr.len() == self.members,
             "{} needs one multiplier per member ({}), got {}",
-            opt("member-lr", "member_lr"),
+            field("member_lr"),
             self.members,
             self.member_lr.len()
         );
         ensure!(
             self.member_lr.iter().all(|m| m.is_finite() && *m > 0.0),
             "{} multipliers must be > 0",
-            opt("member-lr", "member_lr")
+            field("member_lr")
         );
         ensure!(
             self.train_limit != Some(0),
             "{} must be at least 1",
-            opt("train-limit", "train_limit")
+            field("train_limit")
         );
         let section = |r: Result<()>, name: &str| match file {
             None => r,
@@ -297,8 +291,8 @@ impl TrainConfig {
         let peer = matches!(self.method, Method::Gal | Method::Dverge | Method::Trs);
         ensure!(
             !peer || self.adv_train.is_none(),
-            "{} combines adversarial training only with ECE and ADP; the peer methods train on their own examples",
-            opt("adv-train", "adv_train")
+            "{} (adversarial training) combines only with ECE and ADP; the peer methods train on their own examples",
+            field("adv_train")
         );
         match self.training_objective() {
             peers::Objective::Gal(g) => section(g.validate(), "gal")?,
