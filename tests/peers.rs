@@ -122,7 +122,7 @@ fn the_peer_methods_refuse_adversarial_training() {
         "1",
         &["--adv-train", "pgd"],
     );
-    assert_fails_with(&o, "--adv-train", "GAL with adversarial training");
+    assert_fails_with(&o, "`adv_train`", "GAL with adversarial training");
 }
 
 /// A config.toml of an ECE/ADP run from before the peer methods has no [gal], [dverge] or

@@ -448,7 +448,7 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["train", "--members", "1", "--data-dir", d, "--out", &out],
-            "--members must be at least 2",
+            "`members` must be at least 2",
         ),
         (
             vec!["train", "--alpha", "NaN", "--data-dir", d, "--out", &out],
@@ -460,7 +460,7 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
         ),
         (
             vec!["train", "--lr", "0", "--data-dir", d, "--out", &out],
-            "--lr must be > 0",
+            "`lr` must be > 0",
         ),
         (
             vec!["train", "--data-dir", e, "--out", &out],

@@ -21,15 +21,15 @@ pub struct MergeArgs {
 
 /// `adp eval` of one shard: the clean counts and every attack on the shard's slice, saved to
 /// RUN/eval-shards/I-of-N/partial.json.
-pub fn run_eval_shard(a: crate::EvalArgs, m: &ArgMatches, shard: Shard) -> Result<()> {
-    let specs = crate::attack_specs(&a, m)?;
+pub fn run_eval_shard(a: super::eval::EvalArgs, m: &ArgMatches, shard: Shard) -> Result<()> {
+    let specs = a.attacks.specs(&a.params, m)?;
     ensure!(a.seeds >= 1, "--seeds must be at least 1");
     ensure!(
         a.no_indicators,
         "--shard measures clean and robust accuracy only; add --no-indicators (the indicators \
          are not sharded)"
     );
-    let (loaded, device) = crate::load_for_eval(&a.run, &a.on)?;
+    let (loaded, device) = super::common::load_for_eval(&a.run, &a.on)?;
     let key = EvalKey {
         label: loaded.config.label(),
         weights_sha256: weights_sha256(&a.run)?,
