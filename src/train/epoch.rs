@@ -67,22 +67,18 @@ pub struct StepMetrics {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NonFinite(pub f64);
 
-/// One step of Algorithm 1 on `batch`: the objective (ECE or ADP, Eq. 5, plus the L2 penalty on
-/// the active members' conv kernels) is back-propagated once and each active member k takes an
-/// Adam step with learning rate `lrs[k]`; frozen members are left untouched. A non-finite
-/// objective is reported before any update.
-pub fn train_step(
+/// Adds the L2 penalty of the members still training to `loss`, back-propagates it, and steps
+/// each such member's optimizer; frozen members are returned unchanged. Returns the updated
+/// ensemble and the penalised loss, or [`NonFinite`] before any update.
+pub(crate) fn descend(
     mut model: Ensemble,
     optims: &mut [ModuleOptimizer],
-    batch: crate::data::Batch,
-    objective: &AdpConfig,
+    loss: Tensor<1>,
     l2: f64,
     lrs: &[f64],
     frozen: &[bool],
-) -> std::result::Result<(Ensemble, StepMetrics), NonFinite> {
-    let out = model.forward(batch.images);
-    let loss = adp_loss(out.logits.clone(), batch.labels.clone(), objective);
-    let mut total = loss.total.clone();
+) -> std::result::Result<(Ensemble, f64), NonFinite> {
+    let mut total = loss;
     if l2 > 0.0 {
         for (m, _) in model.members.iter().zip(frozen).filter(|(_, f)| !**f) {
             total = total + m.conv_l2().mul_scalar(l2);
@@ -105,6 +101,25 @@ pub fn train_step(
             optims[j].step(lrs[j], m, g)
         })
         .collect();
+    Ok((model, value))
+}
+
+/// One step of Algorithm 1 on `batch`: the objective (ECE or ADP, Eq. 5, plus the L2 penalty on
+/// the active members' conv kernels) is back-propagated once and each active member k takes an
+/// Adam step with learning rate `lrs[k]`; frozen members are left untouched. A non-finite
+/// objective is reported before any update.
+pub fn train_step(
+    model: Ensemble,
+    optims: &mut [ModuleOptimizer],
+    batch: crate::data::Batch,
+    objective: &AdpConfig,
+    l2: f64,
+    lrs: &[f64],
+    frozen: &[bool],
+) -> std::result::Result<(Ensemble, StepMetrics), NonFinite> {
+    let out = model.forward(batch.images);
+    let loss = adp_loss(out.logits.clone(), batch.labels.clone(), objective);
+    let (model, value) = descend(model, optims, loss.total.clone(), l2, lrs, frozen)?;
     let logits = out.logits.detach();
     let metrics = StepMetrics {
         loss: value,

@@ -2,7 +2,7 @@
 //! (GAL, DVERGE, TRS: [`super::gal`], [`super::dverge`], [`super::trs`]) share: the update of
 //! the active members from one scalar loss, and the step's metrics.
 
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 
 use super::dverge::DvergeConfig;
@@ -92,7 +92,7 @@ pub fn logits_and_grads(
 /// and `labels` give the metrics. A non-finite loss is reported before any update.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
-    mut model: Ensemble,
+    model: Ensemble,
     optims: &mut [ModuleOptimizer],
     loss: Tensor<1>,
     logits: Tensor<3>,
@@ -101,29 +101,7 @@ pub fn update(
     lrs: &[f64],
     frozen: &[bool],
 ) -> Result<(Ensemble, StepMetrics), NonFinite> {
-    let mut total = loss;
-    if l2 > 0.0 {
-        for (m, _) in model.members.iter().zip(frozen).filter(|(_, f)| !**f) {
-            total = total + m.conv_l2().mul_scalar(l2);
-        }
-    }
-    let value = total.clone().into_scalar::<f32>() as f64;
-    if !value.is_finite() {
-        return Err(NonFinite(value));
-    }
-    let mut grads = total.backward();
-    let members = std::mem::take(&mut model.members);
-    model.members = members
-        .into_iter()
-        .enumerate()
-        .map(|(j, m)| {
-            if frozen[j] {
-                return m;
-            }
-            let g = GradientsParams::from_module(&mut grads, &m);
-            optims[j].step(lrs[j], m, g)
-        })
-        .collect();
+    let (model, value) = super::epoch::descend(model, optims, loss, l2, lrs, frozen)?;
     let logits = logits.detach();
     let parts = adp_loss(logits.clone(), labels.clone(), &AdpConfig::new(0.0, 0.0));
     let metrics = StepMetrics {
