@@ -161,13 +161,32 @@ impl FidelityConfig {
     }
 
     /// Checks that every name in `only` is a row of the grid.
-    pub fn check_rows(&self, only: &[String]) -> Result<()> {
+    pub fn check_selection(&self, only: &Selection) -> Result<()> {
         let known: Vec<&str> = self.rows.iter().map(|r| r.name.as_str()).collect();
-        for name in only {
+        for name in &only.rows {
             ensure!(
                 known.contains(&name.as_str()),
                 "rows: no row named '{name}'; the rows are {}",
                 known.join(", ")
+            );
+        }
+        let mut seeds: Vec<u64> = self
+            .rows
+            .iter()
+            .filter(|r| only.rows.is_empty() || only.rows.contains(&r.name))
+            .flat_map(|r| r.seeds.iter().copied())
+            .collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        for seed in &only.seeds {
+            ensure!(
+                seeds.contains(seed),
+                "seeds: no selected row is trained with seed {seed}; their seeds are {}",
+                seeds
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         Ok(())
@@ -202,6 +221,24 @@ pub fn default_row(base: &ReproduceConfig) -> TrainConfig {
     t
 }
 
+/// Which runs of the grid to train and evaluate: those of the named rows (every row when
+/// empty) at the given seeds (every seed of a row when empty).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    /// Row names.
+    pub rows: Vec<String>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+}
+
+impl Selection {
+    /// Whether the run of `row` at `seed` is selected.
+    fn takes(&self, row: &FidelityRow, seed: u64) -> bool {
+        (self.rows.is_empty() || self.rows.contains(&row.name))
+            && (self.seeds.is_empty() || self.seeds.contains(&seed))
+    }
+}
+
 /// One evaluated run of the grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FidelityResult {
@@ -213,15 +250,14 @@ pub struct FidelityResult {
     pub report: EvalReport,
 }
 
-/// Trains and evaluates the runs of the rows named in `only` (every row when empty) into `out`,
-/// writes `fidelity.{md,csv,json}` and `fidelity.{png,svg}` and returns the results. The report
+/// Trains and evaluates the runs selected by `only` into `out`, writes `fidelity.{md,csv,json}` and `fidelity.{png,svg}` and returns the results. The report
 /// also holds every other row whose runs were already measured in `out`.
 pub fn run_fidelity(
     config: &FidelityConfig,
-    only: &[String],
+    only: &Selection,
     out: &Path,
 ) -> Result<Vec<FidelityResult>> {
-    config.check_rows(only)?;
+    config.check_selection(only)?;
     let device = config.base.train.device.device()?;
     let test = load_or_fetch_test(&config.base)?;
     std::fs::create_dir_all(out)?;
@@ -261,8 +297,8 @@ pub fn run_fidelity(
     };
     write_outputs(config, &measured(&slots), out)?;
     for i in 0..slots.len() {
-        let (row, _, tc, dir, saved) = &slots[i];
-        if saved.is_some() || !(only.is_empty() || only.contains(&row.name)) {
+        let (row, seed, tc, dir, saved) = &slots[i];
+        if saved.is_some() || !only.takes(row, *seed) {
             continue;
         }
         let report = evaluate_method(

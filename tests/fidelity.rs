@@ -200,6 +200,39 @@ fn reproduce_fidelity_tiny_measures_the_selected_rows_and_reuses_them() {
     let mut elsewhere = reproduce_tiny_args("mnist", data(), &out);
     elsewhere.extend(["--rows", "augment"]);
     assert_one_error(&adp(&elsewhere), "--rows", "--rows on mnist");
+    let mut seeds_elsewhere = reproduce_tiny_args("mnist", data(), &out);
+    seeds_elsewhere.extend(["--seeds", "1"]);
+    assert_one_error(&adp(&seeds_elsewhere), "--seeds", "--seeds on mnist");
+}
+
+#[test]
+fn seeds_select_the_repeat_of_a_headline_row_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut args = reproduce_tiny_args("fidelity", data(), &out);
+    args.extend(["--rows", "default", "--seeds", "1"]);
+    adp_ok(&args);
+    // Seed 1 of `default` is trained in its own directory; seed 0 is not trained.
+    assert!(out.join("default-seed1/ece/config.toml").exists());
+    assert!(!out.join("default").exists());
+    let json = read_json(&out.join("fidelity.json"));
+    let runs: Vec<(&str, u64)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["row"].as_str().unwrap(), r["seed"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(runs, [("default", 1), ("default", 1)]);
+    let config = std::fs::read_to_string(out.join("default-seed1/adp-2-0.5/config.toml")).unwrap();
+    assert!(config.contains("seed = 1"), "{config}");
+
+    let mut bad = reproduce_tiny_args("fidelity", data(), &out);
+    bad.extend(["--rows", "augment", "--seeds", "1"]);
+    assert_one_error(
+        &adp(&bad),
+        "no selected row is trained with seed 1",
+        "--seeds 1 on a row of one seed",
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use adp::data::DatasetKind;
 use adp::device::DeviceKind;
 use adp::experiments::{Figure, FigureConfig, run_figure};
-use adp::fidelity::{FidelityConfig, run_fidelity};
+use adp::fidelity::{FidelityConfig, Selection, run_fidelity};
 use adp::reproduce::{Preset, ReproduceConfig, reproduce};
 use adp::tables::{Table, TableConfig, run_table};
 
@@ -101,6 +101,10 @@ pub struct ReproduceArgs {
     /// `fidelity` only: train and evaluate just these rows (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<String>,
+    /// `fidelity` only: train and evaluate just these seeds of the selected rows (comma-separated;
+    /// default every seed: 0 and 1 for the headline rows, 0 for the others).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
 }
 
 pub fn run_reproduce(args: ReproduceArgs) -> Result<()> {
@@ -140,14 +144,18 @@ pub fn run_reproduce(args: ReproduceArgs) -> Result<()> {
         return Ok(());
     }
     ensure!(
-        args.rows.is_empty() || args.experiment == Experiment::Fidelity,
-        "--rows selects rows of `adp reproduce fidelity` only"
+        (args.rows.is_empty() && args.seeds.is_empty()) || args.experiment == Experiment::Fidelity,
+        "--rows and --seeds select runs of `adp reproduce fidelity` only"
     );
     match args.experiment.figure() {
         None if args.experiment == Experiment::Fidelity => {
             let base = ReproduceConfig::preset(args.preset, dataset, data_dir, args.device);
             let config = FidelityConfig::new(base);
-            let results = run_fidelity(&config, &args.rows, &out)?;
+            let only = Selection {
+                rows: args.rows,
+                seeds: args.seeds,
+            };
+            let results = run_fidelity(&config, &only, &out)?;
             println!("{}", adp::fidelity::markdown(&config, &results));
             println!("written to {}", out.display());
             Ok(())
