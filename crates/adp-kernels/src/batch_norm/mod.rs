@@ -1,0 +1,171 @@
+//! Batch normalisation for ResNet-20 as one fused operation per backend.
+//!
+//! burn 0.22 records `batch_norm_train` as a single autodiff operation, but burn-flex and burn-tch
+//! run its forward and backward as burn's generic composite: swap-dims and reshape copies, then a
+//! dozen full-size elementwise passes (replacing it made a ResNet-20 training step on flex about
+//! 6% faster; docs/performance.md). This module computes the same function,
+//!
+//! ```text
+//! y = γ · (x − μ_B) / sqrt(σ²_B + ε) + β,   μ_B, σ²_B: per-channel mean and biased variance
+//! ∂L/∂x = γ / sqrt(σ²_B + ε) · (g − mean(g) − x̂ · mean(g · x̂)),   g = ∂L/∂y,  x̂ = normalised x
+//! ∂L/∂γ = Σ g · x̂,   ∂L/∂β = Σ g
+//! ```
+//!
+//! as a burn backend extension ([`FusedBatchNorm`]): a native kernel on `flex` (three passes over
+//! the activation forward, three backward), libtorch's own `native_batch_norm` on `tch`, burn's
+//! composite elsewhere, and a hand-written backward on the autodiff backend. In evaluation mode the
+//! running statistics are folded into one per-channel scale and shift, two elementwise passes.
+//!
+//! The layer's parameters stay burn's [`BatchNorm`] module, so checkpoints and the PyTorch interop
+//! mapping are unchanged.
+
+#![cfg_attr(feature = "tch", allow(deprecated))]
+// (burn 0.22 deprecates its LibTorch backend, which the `tch` feature uses.)
+
+mod autodiff;
+#[cfg(feature = "flex")]
+mod flex;
+#[cfg(feature = "tch")]
+mod tch;
+
+use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward};
+use burn::backend::{Backend, Dispatch, ExtensionType, backend_extension, tensor::FloatTensor};
+use burn::nn::BatchNorm;
+use burn::prelude::*;
+
+/// Output of the training-mode forward: the normalised tensor and the batch statistics
+/// (per-channel mean and biased variance) that update the running statistics.
+#[derive(ExtensionType)]
+pub struct BatchNormOutput<B: Backend> {
+    /// `γ · x̂ + β`, shaped like the input.
+    pub output: FloatTensor<B>,
+    /// Per-channel batch mean `[C]`.
+    pub mean: FloatTensor<B>,
+    /// Per-channel biased batch variance `[C]`.
+    pub variance: FloatTensor<B>,
+}
+
+/// Gradients of the training-mode forward with respect to its three inputs.
+#[derive(ExtensionType)]
+pub struct BatchNormGrads<B: Backend> {
+    /// `∂L/∂x`, shaped like the input.
+    pub x: FloatTensor<B>,
+    /// `∂L/∂γ`, `[C]`.
+    pub gamma: FloatTensor<B>,
+    /// `∂L/∂β`, `[C]`.
+    pub beta: FloatTensor<B>,
+}
+
+impl<B: Backend> From<BatchNormTrain<B>> for BatchNormOutput<B> {
+    fn from(out: BatchNormTrain<B>) -> Self {
+        Self {
+            output: out.output,
+            mean: out.mean,
+            variance: out.variance,
+        }
+    }
+}
+
+impl<B: Backend> From<BatchNormTrainBackward<B>> for BatchNormGrads<B> {
+    fn from(grads: BatchNormTrainBackward<B>) -> Self {
+        Self {
+            x: grads.x_grad,
+            gamma: grads.gamma_grad,
+            beta: grads.beta_grad,
+        }
+    }
+}
+
+/// Training-mode batch normalisation over `[N, C, ...]` inputs, fused per backend.
+///
+/// The default bodies are burn's own composite (`ModuleOps::batch_norm_train` and its backward),
+/// so a backend without a kernel of its own computes exactly what `burn::nn::BatchNorm` does.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    LibTorch: cfg(feature = "tch"),
+    Autodiff
+)]
+pub trait FusedBatchNorm: Backend {
+    /// Normalises `x` with its own batch statistics.
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        Self::batch_norm_train(x, gamma, beta, epsilon).into()
+    }
+
+    /// Gradients of [`fused_batch_norm_train`](Self::fused_batch_norm_train), given the batch
+    /// statistics it returned and the gradient of its output.
+    fn fused_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> BatchNormGrads<Self> {
+        Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl FusedBatchNorm for burn::backend::NdArray {}
+
+/// Applies `bn` to `x` (`[N, C, H, W]`) exactly as `BatchNorm::forward` does, through the fused
+/// operation: batch statistics (and a running-statistics update) when the device records
+/// gradients and the layer is training, the running statistics otherwise. The CubeCL backends
+/// (`cuda`, `wgpu`) keep burn's own batch norm.
+pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    if crate::is_cube(&device) {
+        return bn.forward(x);
+    }
+    if device.is_autodiff() && bn.training.is_enabled() {
+        forward_train(bn, x)
+    } else {
+        forward_inference(bn, x)
+    }
+}
+
+fn forward_train(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let out = <Dispatch as FusedBatchNorm>::fused_batch_norm_train(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.epsilon,
+    );
+    let mean = Tensor::<1>::from_dispatch(out.mean).detach();
+    let variance = Tensor::<1>::from_dispatch(out.variance).detach();
+    let momentum = bn.momentum;
+    let running = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+        let old = state.value_sync().to_device(&device);
+        state.update(
+            old.mul_scalar(1.0 - momentum)
+                .add(batch.mul_scalar(momentum))
+                .detach(),
+        );
+    };
+    running(&bn.running_mean, mean);
+    running(&bn.running_var, variance);
+    Tensor::from_dispatch(out.output)
+}
+
+/// Evaluation mode: `y = x · s + t` with `s = γ / sqrt(var + ε)` and `t = β − mean · s`, computed
+/// on `[C]` tensors first, so the activation sees two elementwise passes instead of four.
+fn forward_inference(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let channels = bn.gamma.dims()[0];
+    let mean = bn.running_mean.value().to_device(&device);
+    let var = bn.running_var.value().to_device(&device);
+    let scale = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt();
+    let shift = bn.beta.val() - mean * scale.clone();
+    x * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,32 @@
+//! The CPU layer kernels of `adp`'s members: 2-D convolution ([`conv`]) and batch
+//! normalisation ([`batch_norm`]), each a burn 0.22 backend extension with a native kernel on
+//! `flex`, libtorch's own operation on `tch`, burn's composite elsewhere, and a hand-written
+//! backward on the autodiff backend. The layers stay burn's `Conv2d` and `BatchNorm` modules;
+//! only their forward passes (and gradients) go through this crate.
+//!
+//! On burn's CubeCL backends (`cuda`, `wgpu`) both keep burn's own operations ([`is_cube`]).
+//! Every kernel is checked against burn's own operation and against finite differences, in
+//! values and in both gradients (`cargo test -p adp-kernels`).
+
+pub mod batch_norm;
+pub mod conv;
+pub mod testing;
+
+use burn::prelude::Device;
+
+/// Whether `device` runs on one of burn's CubeCL backends (`cuda`, `wgpu`). Those keep burn's
+/// own convolution and batch norm; this crate's kernels are for the CPU backends.
+pub fn is_cube(device: &Device) -> bool {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        matches!(
+            device.clone().inner().as_dispatch(),
+            burn::backend::DispatchDevice::Cube(_)
+        )
+    }
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = device;
+        false
+    }
+}

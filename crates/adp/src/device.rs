@@ -1,0 +1,124 @@
+//! Run-time choice of the device, and so of the burn backend: `--device cpu|tch|cuda|wgpu`.
+
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+
+/// A device the user can ask for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// burn's pure-Rust CPU backend (`flex`, default feature; `ndarray` when built with
+    /// `--no-default-features --features ndarray`).
+    #[default]
+    Cpu,
+    /// NVIDIA GPU through CUDA (cargo feature `cuda`).
+    Cuda,
+    /// Any GPU through wgpu (Vulkan/Metal/DX12; cargo feature `wgpu`).
+    Wgpu,
+    /// The CPU through LibTorch, burn's `tch` backend (cargo feature `tch`; libtorch from the
+    /// PyTorch wheel, see docs/backends.md).
+    Tch,
+    /// An NVIDIA GPU through LibTorch (cargo feature `tch`): the CUDA build of the PyTorch wheel
+    /// brings `libtorch_cuda`, cuBLAS and cuDNN, so only the driver is needed. GPU 0 of those
+    /// `CUDA_VISIBLE_DEVICES` shows.
+    TchCuda,
+}
+
+impl DeviceKind {
+    /// Creates the device, or explains which cargo feature to build with.
+    pub fn device(self) -> anyhow::Result<Device> {
+        match self {
+            #[cfg(feature = "flex")]
+            DeviceKind::Cpu => Ok(Device::flex()),
+            // Kept to compare backends (`adp bench`); burn 0.22 deprecates ndarray for flex.
+            #[cfg(all(feature = "ndarray", not(feature = "flex")))]
+            #[allow(deprecated)]
+            DeviceKind::Cpu => Ok(Device::ndarray()),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => Ok(Device::cuda(0)),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => Ok(Device::wgpu(Default::default())),
+            // burn 0.22 deprecates its tch backend, but on CPU it is the fastest one it has.
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceKind::Tch => Ok(Device::libtorch()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceKind::TchCuda => {
+                anyhow::ensure!(
+                    tch::Cuda::device_count() > 0,
+                    "device tch-cuda: libtorch finds no CUDA GPU: {}",
+                    why_no_cuda()
+                );
+                Ok(Device::libtorch_cuda(0))
+            }
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "device {} is not compiled into this binary; rebuild with `{}cargo build --release --features {}`",
+                other.name(),
+                other.build_env(),
+                other.feature()
+            ),
+        }
+    }
+
+    /// Name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Tch => "tch",
+            DeviceKind::TchCuda => "tch-cuda",
+        }
+    }
+
+    /// Environment the build of this device's feature needs.
+    fn build_env(self) -> &'static str {
+        match self {
+            // libtorch from the PyTorch wheel of `bash python/setup.sh` (docs/backends.md).
+            DeviceKind::Tch | DeviceKind::TchCuda => {
+                "PATH=$PWD/.venv/bin:$PATH LIBTORCH_USE_PYTORCH=1 "
+            }
+            _ => "",
+        }
+    }
+
+    fn feature(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "flex",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Tch | DeviceKind::TchCuda => "tch",
+        }
+    }
+}
+
+/// Why libtorch sees no GPU: its CUDA library is not in the process (a CPU-only libtorch), no
+/// NVIDIA driver is loaded, or the driver's devices are hidden.
+#[cfg(feature = "tch")]
+fn why_no_cuda() -> &'static str {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if !maps.contains("libtorch_cuda") {
+        "this build's libtorch has no CUDA (libtorch_cuda.so is not loaded); build against the CUDA wheel that `bash python/setup.sh` installs"
+    } else if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        "no NVIDIA driver is loaded (/proc/driver/nvidia/version is missing); install the driver, or use the `tch` device on the CPU"
+    } else {
+        "the NVIDIA driver is loaded but shows no device; check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
+    }
+}
+
+#[cfg(all(test, not(feature = "tch")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_not_compiled_in_names_its_build_command() {
+        let err = DeviceKind::Tch.device().unwrap_err().to_string();
+        assert!(
+            err.contains("LIBTORCH_USE_PYTORCH=1") && err.contains("--features tch"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! Clean and robust accuracy of a trained ensemble: the numbers of the paper's Table 1 (clean
+//! error of each member and of the ensemble) and Table 2 (accuracy under attack).
+//!
+//! Robust accuracy is measured on every evaluated test example, as in the paper: an example the
+//! ensemble already misclassifies counts as wrong under attack too.
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
+
+mod attacked;
+pub mod detect;
+pub mod diversity;
+pub mod ed_histogram;
+pub mod feature_tsne;
+pub mod indicators;
+pub mod neighbours;
+pub mod roc;
+pub mod shard;
+pub mod transfer;
+pub mod tsne;
+
+use crate::attack::{AttackSpec, Victim};
+use crate::data::{Batcher, Dataset};
+use crate::model::Ensemble;
+use crate::tensor::floats;
+pub use attacked::{AttackedSet, attack_batches, attack_dataset, batch_seed, robust};
+use diversity::{Removed, batch_log_ed};
+
+/// Mean cross-entropy of each member on a batch of logits `[B, K, L]`.
+pub fn member_cross_entropy(logits: Tensor<3>, labels: Tensor<1, Int>) -> Vec<f64> {
+    let [b, k, _] = logits.dims();
+    let idx = labels.reshape([b, 1, 1]).expand([b, k, 1]);
+    let ce = log_softmax(logits, 2).gather(2, idx).mean_dim(0).neg(); // [1, K, 1]
+    floats(ce.reshape([k]))
+}
+
+/// Number of rows of `scores` `[B, L]` whose argmax equals the label.
+pub fn count_correct(scores: Tensor<2>, labels: Tensor<1, Int>) -> usize {
+    let pred = scores.argmax(1).flatten::<1>(0, 1);
+    pred.equal(labels).int().sum().into_scalar::<i64>() as usize
+}
+
+/// Clean error rates (Table 1) and the mean log ensemble diversity on the test set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanResult {
+    /// Number of test examples.
+    pub examples: usize,
+    /// Error rate of each member, in `[0, 1]`.
+    pub member_error: Vec<f64>,
+    /// Error rate of the ensemble (argmax of the mean softmax, Eq. 1).
+    pub ensemble_error: f64,
+    /// Mean log ED over the test set (App. B.3).
+    pub mean_log_det: f64,
+    /// Fraction of examples on which the input gradient of −log F_y (the loss FGSM, BIM and
+    /// PGD ascend) is exactly zero in floating point: a saturated softmax masks the gradient,
+    /// and these examples cannot be moved by those attacks whatever the model's real robustness.
+    #[serde(default)]
+    pub zero_gradient: f64,
+}
+
+/// Accuracy under one attack at one budget (Table 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobustResult {
+    /// Attack name on the command line (`fgsm`, `pgd`, …).
+    pub attack: String,
+    /// Full description with every parameter.
+    pub description: String,
+    /// Perturbation budget ε (0 for JSMA, C&W and EAD, which have none).
+    pub eps: f64,
+    /// Table 2's "Para." cell of the attack, e.g. `ε = 0.1`, `γ = 0.3`, `c = 1`.
+    #[serde(default)]
+    pub parameter: String,
+    /// Whether the attack aimed at random target classes.
+    pub targeted: bool,
+    /// Number of attacked examples.
+    pub examples: usize,
+    /// Fraction classified correctly after the attack (untargeted) or not moved to the target
+    /// (targeted), in `[0, 1]`.
+    pub accuracy: f64,
+    /// Fraction on which the attack met its goal.
+    pub success_rate: f64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Binomial standard error of `accuracy`, √(a(1 − a)/n).
+    #[serde(default)]
+    pub std_error: f64,
+    /// Accuracies of the repeats with the next seeds (`adp eval --seeds N`), after this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<f64>,
+}
+
+impl RobustResult {
+    /// Mean and sample standard deviation of the accuracy over this run and its repeats.
+    pub fn spread(&self) -> (f64, f64) {
+        let all: Vec<f64> = std::iter::once(self.accuracy)
+            .chain(self.repeats.iter().copied())
+            .collect();
+        let n = all.len() as f64;
+        let mean = all.iter().sum::<f64>() / n;
+        let var = all.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
+}
+
+/// Error rates of the members and the ensemble on `data`, in batches.
+pub fn clean(model: &Ensemble, data: &Dataset, batch_size: usize, device: &Device) -> CleanResult {
+    clean_counts(model, data, batch_size, device).result()
+}
+
+/// The raw counts behind a [`CleanResult`], kept per batch where a sum of floats is involved, so
+/// that the counts of consecutive slices of a test set ([`shard`]) combine into exactly the
+/// result of the whole set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanCounts {
+    /// Number of examples.
+    pub examples: usize,
+    /// Misclassified examples of each member.
+    pub member_wrong: Vec<usize>,
+    /// Examples the ensemble misclassifies.
+    pub ensemble_wrong: usize,
+    /// Examples whose input gradient is exactly zero.
+    pub zero_gradient: usize,
+    /// Sum of log ED over each batch, in batch order, as the bits of the `f64` (JSON keeps
+    /// integers exactly).
+    pub log_det_bits: Vec<u64>,
+}
+
+impl CleanCounts {
+    /// Appends the counts of the slice that follows this one.
+    pub fn extend(&mut self, next: &CleanCounts) -> Result<()> {
+        ensure!(
+            self.member_wrong.len() == next.member_wrong.len(),
+            "the counts are of ensembles of {} and {} members",
+            self.member_wrong.len(),
+            next.member_wrong.len()
+        );
+        self.examples += next.examples;
+        for (a, b) in self.member_wrong.iter_mut().zip(&next.member_wrong) {
+            *a += b;
+        }
+        self.ensemble_wrong += next.ensemble_wrong;
+        self.zero_gradient += next.zero_gradient;
+        self.log_det_bits.extend(&next.log_det_bits);
+        Ok(())
+    }
+
+    /// The error rates, summing the log ED of the batches in order as [`clean`] does.
+    pub fn result(&self) -> CleanResult {
+        let total = self.examples as f64;
+        let log_det = self
+            .log_det_bits
+            .iter()
+            .fold(0f64, |sum, &b| sum + f64::from_bits(b));
+        CleanResult {
+            examples: self.examples,
+            member_error: self
+                .member_wrong
+                .iter()
+                .map(|&w| w as f64 / total)
+                .collect(),
+            ensemble_error: self.ensemble_wrong as f64 / total,
+            mean_log_det: log_det / total,
+            zero_gradient: self.zero_gradient as f64 / total,
+        }
+    }
+}
+
+/// The counts of [`clean`] on `data`, in batches of `batch_size`.
+pub fn clean_counts(
+    model: &Ensemble,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> CleanCounts {
+    let k = model.len();
+    let mut counts = CleanCounts {
+        examples: data.len(),
+        member_wrong: vec![0; k],
+        ensemble_wrong: 0,
+        zero_gradient: 0,
+        log_det_bits: Vec::new(),
+    };
+    let victim = Victim::ensemble(model);
+    for batch in Batcher::sequential(data, batch_size).iter(device) {
+        let n = batch.labels.dims()[0];
+        counts.zero_gradient +=
+            indicators::zero_gradients(&victim, &batch.images, batch.labels.clone());
+        let out = model.forward(batch.images);
+        for (j, w) in counts.member_wrong.iter_mut().enumerate() {
+            let z = out
+                .logits
+                .clone()
+                .slice([0..n, j..j + 1])
+                .squeeze_dim::<2>(1);
+            *w += n - count_correct(z, batch.labels.clone());
+        }
+        counts.ensemble_wrong += n - count_correct(out.mean_probs(), batch.labels.clone());
+        let sum = floats::<f64, _>(batch_log_ed(&out, batch.labels, Removed::TrueLabel).sum())[0];
+        counts.log_det_bits.push(sum.to_bits());
+    }
+    counts
+}
+
+impl RobustResult {
+    /// The result of attack `spec` from its per-example outcomes: whether it met its goal
+    /// (`success`) and whether the ensemble still classifies the example correctly (`correct`).
+    pub fn from_flags(
+        spec: &AttackSpec,
+        targeted: bool,
+        description: String,
+        success: &[bool],
+        correct: &[bool],
+        seconds: f64,
+    ) -> RobustResult {
+        let success_rate = AttackedSet::rate(success);
+        let accuracy = if targeted {
+            1.0 - success_rate
+        } else {
+            AttackedSet::rate(correct)
+        };
+        RobustResult {
+            attack: spec.kind.name().into(),
+            description,
+            eps: spec.eps,
+            parameter: spec.parameter_label(),
+            targeted,
+            examples: success.len(),
+            accuracy,
+            success_rate,
+            seconds,
+            std_error: indicators::std_error(accuracy, success.len()),
+            repeats: Vec::new(),
+        }
+    }
+}
+
+/// What `adp eval` measured on one run; saved as `RUN_DIR/eval.json` and `eval.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Run label (e.g. `ADP_{2,0.5}`).
+    pub label: String,
+    /// Clean error rates.
+    pub clean: CleanResult,
+    /// Robust accuracy per attack and budget.
+    pub robust: Vec<RobustResult>,
+    /// The indicators of a failed evaluation, one per budget ε of the L∞ attacks evaluated.
+    #[serde(default)]
+    pub indicators: Vec<indicators::Indicators>,
+}
+
+impl EvalReport {
+    /// One CSV row per measured number; `parameter` is the attack's "Para." cell.
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from("label,metric,attack,eps,targeted,examples,value,parameter\n");
+        for (k, e) in self.clean.member_error.iter().enumerate() {
+            s.push_str(&format!(
+                "{},member_{k}_error,clean,0,false,{},{e:.6},\n",
+                self.label, self.clean.examples
+            ));
+        }
+        s.push_str(&format!(
+            "{},ensemble_error,clean,0,false,{},{:.6},\n",
+            self.label, self.clean.examples, self.clean.ensemble_error
+        ));
+        s.push_str(&format!(
+            "{},mean_log_det,clean,0,false,{},{:.6},\n",
+            self.label, self.clean.examples, self.clean.mean_log_det
+        ));
+        s.push_str(&format!(
+            "{},zero_gradient,clean,0,false,{},{:.6}\n",
+            self.label, self.clean.examples, self.clean.zero_gradient
+        ));
+        for r in &self.robust {
+            s.push_str(&format!(
+                "{},accuracy,{},{},{},{},{:.6},{}\n",
+                self.label, r.attack, r.eps, r.targeted, r.examples, r.accuracy, r.parameter
+            ));
+        }
+        s
+    }
+
+    /// Writes `eval.json` and `eval.csv` into `dir`, atomically; earlier results there are kept
+    /// as `eval.N.json` / `eval.N.csv`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::io::keep_previous(&dir.join("eval.json"))?;
+        crate::io::keep_previous(&dir.join("eval.csv"))?;
+        crate::io::write_json(&dir.join("eval.json"), self)?;
+        crate::io::atomic_write(&dir.join("eval.csv"), self.to_csv().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn member_cross_entropy_and_accuracy_by_hand() {
+        let d = Device::default();
+        // B = 2, K = 2, L = 2; member 0 is uniform, member 1 is confident in class 0.
+        let z = Tensor::<3>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 5.0, 0.0, 0.0, 0.0, 5.0, 0.0], [2, 2, 2]),
+            &d,
+        );
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &d);
+        let ce = member_cross_entropy(z.clone(), y.clone());
+        assert!((ce[0] - 2f64.ln()).abs() < 1e-5);
+        let expected = 0.5 * ((1.0 + (-5f64).exp()).ln() + (5.0 + (1.0 + (-5f64).exp()).ln()));
+        assert!((ce[1] - expected).abs() < 1e-4, "{} vs {expected}", ce[1]);
+        let probs = crate::model::EnsembleOutput { logits: z }.mean_probs();
+        assert_eq!(count_correct(probs, y), 1);
+    }
+}
