@@ -44,6 +44,7 @@ pub mod interop;
 pub mod io;
 pub mod lock;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod paper;
 pub mod progress;

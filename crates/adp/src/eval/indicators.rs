@@ -190,7 +190,7 @@ pub fn indicators(
     let mut zero = 0;
     for batch in Batcher::sequential(data, batch_size).iter(device) {
         zero += zero_gradients(model, &batch.images, batch.labels.clone());
-        clean += crate::eval::count_correct(model.log_probs(batch.images), batch.labels);
+        clean += crate::metrics::count_correct(model.log_probs(batch.images), batch.labels);
     }
     let apgd = |eps| Apgd {
         iterations: settings.apgd_iterations,

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::attack::AttackSpec;
 use crate::data::{Batcher, Dataset};
-use crate::eval::{attack_dataset, count_correct};
+use crate::eval::attack_dataset;
+use crate::metrics::count_correct;
 use crate::model::Ensemble;
 
 /// One K×K transfer matrix.

@@ -126,8 +126,8 @@ pub fn train_step(
         ece: loss.ece.into_scalar::<f32>() as f64,
         entropy: loss.entropy.into_scalar::<f32>() as f64,
         log_det: loss.log_det.into_scalar::<f32>() as f64,
-        member_ce: crate::eval::member_cross_entropy(logits.clone(), batch.labels.clone()),
-        correct: crate::eval::count_correct(
+        member_ce: crate::metrics::member_cross_entropy(logits.clone(), batch.labels.clone()),
+        correct: crate::metrics::count_correct(
             crate::model::EnsembleOutput { logits }.mean_probs(),
             batch.labels,
         ),

@@ -109,8 +109,8 @@ pub fn update(
         ece: parts.ece.into_scalar::<f32>() as f64,
         entropy: parts.entropy.into_scalar::<f32>() as f64,
         log_det: parts.log_det.into_scalar::<f32>() as f64,
-        member_ce: crate::eval::member_cross_entropy(logits.clone(), labels.clone()),
-        correct: crate::eval::count_correct(EnsembleOutput { logits }.mean_probs(), labels),
+        member_ce: crate::metrics::member_cross_entropy(logits.clone(), labels.clone()),
+        correct: crate::metrics::count_correct(EnsembleOutput { logits }.mean_probs(), labels),
     };
     Ok((model, metrics))
 }
