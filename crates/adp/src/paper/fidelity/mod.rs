@@ -179,7 +179,7 @@ impl FidelityConfig {
         let mut seeds: Vec<u64> = self
             .rows
             .iter()
-            .filter(|r| only.rows.is_empty() || only.rows.contains(&r.name))
+            .filter(|r| only.takes_row(r))
             .flat_map(|r| r.seeds.iter().copied())
             .collect();
         seeds.sort_unstable();
@@ -238,10 +238,14 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Whether `row` is selected.
+    fn takes_row(&self, row: &FidelityRow) -> bool {
+        self.rows.is_empty() || self.rows.contains(&row.name)
+    }
+
     /// Whether the run of `row` at `seed` is selected.
     fn takes(&self, row: &FidelityRow, seed: u64) -> bool {
-        (self.rows.is_empty() || self.rows.contains(&row.name))
-            && (self.seeds.is_empty() || self.seeds.contains(&seed))
+        self.takes_row(row) && (self.seeds.is_empty() || self.seeds.contains(&seed))
     }
 }
 
