@@ -11,7 +11,6 @@ use adp::tensor::floats;
 use adp::train::adversarial::{AdvAttack, AdvTrainConfig, adversarial_batch};
 use adp::train::{Method, TrainConfig};
 use burn::module::Module;
-use burn::prelude::*;
 use common::{adp, adp_ok, assert_fails_with, cnn_spec, stdout};
 
 #[test]
@@ -20,7 +19,7 @@ fn advt_batches_mix_clean_and_adversarial_examples_within_eps_and_the_pixel_rang
     write_synthetic_mnist(dir.path(), 48, 10, 3).unwrap();
     let data = load_idx_dataset(dir.path(), DatasetKind::Mnist, Split::Train).unwrap();
     // The training situation: model and batch on the autodiff device.
-    let ad = Device::default().autodiff();
+    let ad = adp::device::cpu().autodiff();
     ad.seed(2);
     let model = cnn_spec(3, [1, 28, 28], 10, 0.2, 0.3).init(&ad);
     for attack in [AdvAttack::Fgsm, AdvAttack::Pgd] {

@@ -12,12 +12,11 @@ use adp::data::synthetic::write_synthetic_mnist;
 use adp::eval::transfer::transfer_matrix;
 use adp::eval::{AttackedSet, attack_dataset};
 use burn::module::Module;
-use burn::prelude::*;
 use common::{adp_ok, cnn_spec, reproduce_tiny_args, stdout};
 
 #[test]
 fn transfer_matrix_is_k_by_k_with_the_white_box_results_on_its_diagonal() {
-    let device = Device::default();
+    let device = adp::device::cpu();
     device.seed(5);
     let model = cnn_spec(3, [1, 8, 8], 3, 0.5, 0.25).init(&device).valid();
     let n = 12;

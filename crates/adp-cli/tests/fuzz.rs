@@ -8,7 +8,6 @@ use adp::data::cifar::{CifarLabels, encode_records, parse_records};
 use adp::data::idx::{encode_idx, parse_idx};
 use adp::train::TrainConfig;
 use adp::train::checkpoint::{ModelSpec, load_model};
-use burn::prelude::*;
 use common::cnn_spec;
 use proptest::prelude::*;
 
@@ -91,7 +90,7 @@ proptest! {
 
     #[test]
     fn weights_reader_never_panics_on_mutated_safetensors(seed in any::<u64>(), edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<prop::sample::Index>()) {
-        let device = Device::default();
+        let device = adp::device::cpu();
         device.seed(seed);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
@@ -104,7 +103,7 @@ proptest! {
 
 /// The PyTorch state dict of a small CNN ensemble, as `adp export` writes it.
 fn small_state_dict() -> Vec<adp::interop::layout::TorchTensor> {
-    let device = Device::default();
+    let device = adp::device::cpu();
     device.seed(0);
     let spec = small_spec();
     adp::interop::layout::state_dict(&spec.init(&device), &spec.member).unwrap()

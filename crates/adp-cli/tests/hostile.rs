@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use adp::data::idx::encode_idx;
 use adp::data::{DatasetKind, Split, load_idx_dataset};
-use burn::prelude::*;
 use common::{
     adp, adp_ok, assert_fails_with, assert_one_error, cnn_spec, scratch, stderr, stdout,
     synthetic_data, train_args,
@@ -875,7 +874,7 @@ fn ten_thousand_members_are_refused_before_anything_is_built() {
 
 #[test]
 fn equal_weights_give_equal_bytes() {
-    let device = Device::default();
+    let device = adp::device::cpu();
     device.seed(5);
     let model = cnn_spec(2, [1, 8, 8], 3, 0.5, 0.25).init(&device);
     let dir = tempfile::tempdir().unwrap();

@@ -36,7 +36,7 @@ fn spec(kind: ModelKind, dataset: DatasetKind, members: usize) -> ModelSpec {
 /// A fresh ensemble whose every weight, bias and BatchNorm statistic is redrawn at random (so
 /// that a swapped running mean and variance, or a missed transpose, changes the logits).
 fn randomized(spec: &ModelSpec, seed: u64) -> Ensemble {
-    let device = Device::default();
+    let device = adp::device::cpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let fresh = spec.init(&device);
     let sd: Vec<TorchTensor> = state_dict(&fresh, &spec.member)
@@ -113,7 +113,7 @@ fn round_trip(kind: ModelKind, dataset: DatasetKind, format: ExportFormat) {
         reference: None,
         data_dir: None,
     };
-    let device = Device::default();
+    let device = adp::device::cpu();
     let meta = export_run(&run, &opts, &device).unwrap();
     assert_eq!((meta.architecture, meta.members), (kind, 2));
     assert_eq!(meta.dataset, Some(dataset));
@@ -196,7 +196,7 @@ fn pt_writer_output_is_read_back_by_burn_store_with_the_same_tensors() {
 
 #[test]
 fn exported_names_and_shapes_follow_the_documented_mapping() {
-    let device = Device::default();
+    let device = adp::device::cpu();
     let cnn = spec(ModelKind::Cnn, DatasetKind::Mnist, 2);
     let model = randomized(&cnn, 1);
     let sd = state_dict(&model, &cnn.member).unwrap();
@@ -301,7 +301,7 @@ fn import_error(tensors: &[TorchTensor], dataset: Option<DatasetKind>) -> String
     let file = tmp.path().join("w.safetensors");
     write_safetensors(&file, tensors, Default::default()).unwrap();
     let opts = import_opts(&file, dataset, tmp.path().join("out"));
-    let err = import_file(&opts, &Device::default()).unwrap_err();
+    let err = import_file(&opts, &adp::device::cpu()).unwrap_err();
     assert!(!tmp.path().join("out/model.toml").exists());
     format!("{err:#}")
 }
@@ -355,7 +355,7 @@ fn shape_and_name_mismatches_are_listed_by_tensor() {
     let file = tmp.path().join("f64.safetensors");
     std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
     let opts = import_opts(&file, Some(DatasetKind::Mnist), tmp.path().join("out"));
-    let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());
+    let err = format!("{:#}", import_file(&opts, &adp::device::cpu()).unwrap_err());
     assert!(
         err.contains("members.0.fc2.bias is f64, expected float32"),
         "{err}"
@@ -375,15 +375,15 @@ fn missing_information_and_conflicting_flags_are_explained() {
     write_safetensors(&file, &t, Default::default()).unwrap();
     let mut opts = import_opts(&file, Some(DatasetKind::Mnist), tmp.path().join("out"));
     opts.members = Some(3);
-    let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());
+    let err = format!("{:#}", import_file(&opts, &adp::device::cpu()).unwrap_err());
     assert!(err.contains("members 3 was given, but"), "{err}");
     opts.members = None;
     opts.model = Some(ModelKind::Resnet20);
-    let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());
+    let err = format!("{:#}", import_file(&opts, &adp::device::cpu()).unwrap_err());
     assert!(err.contains("model Resnet20 was given"), "{err}");
     opts.model = None;
-    import_file(&opts, &Device::default()).unwrap();
-    let err = format!("{:#}", import_file(&opts, &Device::default()).unwrap_err());
+    import_file(&opts, &adp::device::cpu()).unwrap();
+    let err = format!("{:#}", import_file(&opts, &adp::device::cpu()).unwrap_err());
     assert!(err.contains("already holds a run"), "{err}");
 
     let mut other = t.clone();
@@ -443,14 +443,14 @@ fn export_reference_holds_the_runs_logits_on_its_test_images() {
         reference: Some(5),
         data_dir: None,
     };
-    export_run(&run, &opts, &Device::default()).unwrap();
+    export_run(&run, &opts, &adp::device::cpu()).unwrap();
     let (refs, _) = read_safetensors(&adp::interop::export::reference_path(&out)).unwrap();
     let get = |n: &str| refs.iter().find(|t| t.name == n).unwrap();
     assert_eq!(get("images").shape, vec![5, 1, 28, 28]);
     assert_eq!(get("labels").shape, vec![5]);
     let x = Tensor::<1>::from_floats(
         get("images").to_f32().unwrap().as_slice(),
-        &Device::default(),
+        &adp::device::cpu(),
     )
     .reshape([5, 1, 28, 28]);
     let expected: Vec<f32> = logits(&model.valid(), &x)

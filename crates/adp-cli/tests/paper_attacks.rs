@@ -17,7 +17,6 @@ use adp::model::{Ensemble, ModelKind};
 use adp::tensor::floats;
 use adp::train::{Method, TrainConfig, train};
 use burn::module::Module;
-use burn::prelude::*;
 use common::{adp, assert_one_error};
 
 /// A 2-member CNN ensemble trained for one epoch on 600 synthetic images, and 200 test images.
@@ -40,7 +39,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
 
 fn model_and_batch(n: usize) -> (Ensemble, Batch) {
     let (dir, data) = fixture();
-    let device = Device::default();
+    let device = adp::device::cpu();
     let (_, model) = adp::train::checkpoint::load_run(&dir.path().join("run"), &device).unwrap();
     let test = load_idx_dataset(data, DatasetKind::Mnist, Split::Test)
         .unwrap()

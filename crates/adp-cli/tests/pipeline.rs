@@ -16,7 +16,6 @@ use adp::data::{Batcher, DatasetKind, Split, load_idx_dataset};
 use adp::eval::robust;
 use adp::train::checkpoint::load_run;
 use burn::module::Module;
-use burn::prelude::*;
 use common::{
     adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout, synthetic_data,
     train_args,
@@ -169,7 +168,7 @@ fn attack_command_saves_adversarial_examples_within_budget() {
 #[test]
 fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
     let run = trained_run();
-    let device = Device::default();
+    let device = adp::device::cpu();
     let (_, model) = load_run(&run, &device).unwrap();
     let model = model.valid();
     let test = load_idx_dataset(&data_dir(), DatasetKind::Mnist, Split::Test)

@@ -3,6 +3,19 @@
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
+/// The CPU device of this build: `flex`, or `ndarray` when built without it. Tests and examples
+/// use it instead of `Device::default()`, which picks a GPU backend (wgpu, CUDA) whenever one is
+/// compiled in.
+///
+/// # Panics
+///
+/// In a build without a CPU backend (`--no-default-features --features wgpu`).
+pub fn cpu() -> Device {
+    DeviceKind::Cpu
+        .device()
+        .expect("this build has a CPU backend (feature flex or ndarray)")
+}
+
 /// A device the user can ask for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -38,7 +51,7 @@ impl DeviceKind {
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => Ok(Device::cuda(0)),
             #[cfg(feature = "wgpu")]
-            DeviceKind::Wgpu => Ok(Device::wgpu(Default::default())),
+            DeviceKind::Wgpu => wgpu_device(),
             // burn 0.22 deprecates its tch backend, but on CPU it is the fastest one it has.
             #[cfg(feature = "tch")]
             #[allow(deprecated)]
@@ -93,6 +106,26 @@ impl DeviceKind {
             DeviceKind::Tch | DeviceKind::TchCuda => "tch",
         }
     }
+}
+
+/// The default wgpu device, initialised once per process: `Err` with one line that says what to
+/// install where wgpu finds no adapter (burn would panic at the first tensor instead).
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> anyhow::Result<Device> {
+    static DEVICE: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            Device::wgpu_options()
+                .init()
+                .map_err(|e| e.to_string().replace('\n', " "))
+        })
+        .clone()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "device wgpu: no usable GPU adapter ({e}); install a Vulkan, Metal or DX12 driver \
+                 (on Linux without a GPU, `bash .ci/vulkan` installs Debian's software Vulkan)"
+            )
+        })
 }
 
 /// Why libtorch sees no GPU: its CUDA library is not in the process (a CPU-only libtorch), no

@@ -264,7 +264,7 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn dev() -> Device {
-        Device::default()
+        crate::device::cpu()
     }
 
     fn t3(v: Vec<f32>, shape: [usize; 3]) -> Tensor<3> {

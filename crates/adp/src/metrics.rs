@@ -27,7 +27,7 @@ mod tests {
 
     #[test]
     fn member_cross_entropy_and_accuracy_by_hand() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         // B = 2, K = 2, L = 2; member 0 is uniform, member 1 is confident in class 0.
         let z = Tensor::<3>::from_data(
             TensorData::new(vec![0.0f32, 0.0, 5.0, 0.0, 0.0, 0.0, 5.0, 0.0], [2, 2, 2]),

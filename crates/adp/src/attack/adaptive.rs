@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn every_objective_stays_in_budget() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let w = Tensor::<2>::random([4, 4], Distribution::Normal(0.0, 2.0), &d);
         let model = Linear {
             w,

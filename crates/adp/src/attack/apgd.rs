@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn stays_in_budget_with_both_losses_and_goals() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         // Four classes (DLR needs at least 4 for the targeted form), 4 pixels.
         let w = Tensor::<2>::random([4, 4], Distribution::Normal(0.0, 2.0), &d);
         let model = Linear {

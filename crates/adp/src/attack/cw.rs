@@ -129,7 +129,7 @@ pub(crate) mod tests {
 
     /// Two classes, four pixels at 0.5; class 0 wins by a logit margin of 1.25.
     pub(crate) fn toy() -> (Linear, Tensor<4>, Tensor<1, Int>) {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let w = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
             &d,

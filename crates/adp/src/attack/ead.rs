@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn shrinkage_thresholds_around_the_clean_image_and_clips_to_0_1() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let x0 = Tensor::<4>::from_data(
             TensorData::new(vec![0.5f32, 0.5, 0.5, 0.98, 0.02], [1, 1, 1, 5]),
             &d,

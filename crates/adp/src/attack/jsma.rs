@@ -129,7 +129,7 @@ mod tests {
 
     /// Three classes, six pixels.
     fn toy(n: usize) -> (Linear, Tensor<4>, Tensor<1, Int>) {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let w = Tensor::<2>::from_data(
             TensorData::new(
                 vec![

@@ -217,7 +217,7 @@ mod tests {
 
     #[test]
     fn best_examples_keep_the_smallest_successful_score() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let x0 = Tensor::<4>::zeros([2, 1, 1, 1], &d);
         let mut best = BestExamples::new(&x0);
         best.offer(&x0.clone().add_scalar(1.0), &[true, false], &[3.0, 1.0]);
@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn margin_is_negative_exactly_where_the_goal_is_met() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let z = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 1.0, 0.0], [1, 3]), &d);
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &d);
         let t = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64], [1]), &d);

@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn stays_in_the_ball_and_the_box() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let w = Tensor::<2>::random([4, 16], Distribution::Normal(0.0, 2.0), &d);
         let model = Members(vec![
             Linear {
@@ -426,7 +426,7 @@ mod tests {
     /// pixel at its corner, and then the ensemble is fooled; with A right, F_0 ≥ 1/2 and it
     /// never is.
     fn hiding_member(n: usize) -> (Members, Tensor<4>, Tensor<1, Int>) {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let p = 784;
         let member = |lo: usize, hi: usize, gap: f32| {
             let slope = gap / ((hi - lo) as f32 * 0.1);

@@ -266,12 +266,12 @@ mod tests {
 
     fn labels(v: Vec<i64>) -> Tensor<1, Int> {
         let n = v.len();
-        Tensor::from_data(TensorData::new(v, [n]), &Device::default())
+        Tensor::from_data(TensorData::new(v, [n]), &crate::device::cpu())
     }
 
     #[test]
     fn dlr_matches_a_hand_computed_case() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         // Row 0: y = 0 is the top class: −(4 − 2)/(4 − 1) = −2/3.
         // Row 1: y = 2 is not the top: −(1 − 4)/(4 − 1) = 1.
         let z = Tensor::<2>::from_data(
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn dlr_is_invariant_to_shifting_the_logits() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let z = Tensor::<2>::from_data(
             TensorData::new(vec![0.3f32, -1.0, 2.5, 0.7, 1.1], [1, 5]),
             &d,
@@ -305,7 +305,7 @@ mod tests {
     /// cross-entropy when K = 1.
     #[test]
     fn objectives_reduce_to_cross_entropy_for_one_member() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let z =
             Tensor::<3>::from_data(TensorData::new(vec![2.0f32, 0.5, -1.0, 0.0], [1, 1, 4]), &d);
         let log_f = EnsembleOutput { logits: z.clone() }.log_mean_probs();
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn joint_objective_sums_the_members_cross_entropies() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         // Member 0 uniform over 4 classes (CE ln 4), member 1 logits (ln 3, 0, 0, 0) → p_y = 1/2.
         let z = Tensor::<3>::from_data(
             TensorData::new(
@@ -355,7 +355,7 @@ mod tests {
     /// clean prediction, whatever the true label: −log softmax(F)_pred.
     #[test]
     fn official_objective_is_cross_entropy_of_softmax_of_f_at_the_predicted_class() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let z = Tensor::<3>::from_data(
             TensorData::new(vec![2.0f32, 0.5, -1.0, 0.0, 0.0, 1.0, 0.0, 0.0], [1, 2, 4]),
             &d,

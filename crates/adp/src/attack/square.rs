@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn stays_in_budget_on_colour_images_with_both_goals() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let p = 3 * 5 * 5;
         let model = Linear {
             w: Tensor::random([4, p], Distribution::Normal(0.0, 1.0), &d),

@@ -141,7 +141,7 @@ mod tests {
     fn augmented_batches_are_reproducible_and_differ_from_the_originals() {
         let images: Vec<f32> = (0..8 * 3 * 8 * 8).map(|i| (i % 97) as f32 / 97.0).collect();
         let ds = Dataset::new(images, (0..8).collect(), [3, 8, 8], 10).unwrap();
-        let device = Device::default();
+        let device = crate::device::cpu();
         let plain = Batcher::shuffled(&ds, 4, 1, 0);
         let aug = Batcher::shuffled(&ds, 4, 1, 0).augmented(1, 0);
         let px = |b: Batch| b.images.into_data().try_into_vec_as::<f32>().unwrap();
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn batches_carry_the_right_pixels_and_labels() {
         let ds = toy(20);
-        let device = Device::default();
+        let device = crate::device::cpu();
         let batch = Batcher::sequential(&ds, 8).batch(1, &device);
         assert_eq!(batch.images.dims(), [8, 1, 1, 1]);
         let labels: Vec<i64> = batch.labels.into_data().try_into_vec_as::<i64>().unwrap();

@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn predicted_removal_drops_the_ensembles_argmax_not_the_label() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         // B = 1, K = 2, L = 3. Both members put most mass on class 0; their non-class-0 parts
         // are orthogonal ((1, 0) and (0, 1)) while their non-class-2 parts are nearly parallel.
         let z = Tensor::<3>::from_data(

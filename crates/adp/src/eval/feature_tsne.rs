@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn member_features_split_batches_into_one_matrix_per_member_in_test_order() {
         use crate::model::{ModelKind, tiny_config};
-        let device = Device::default();
+        let device = crate::device::cpu();
         device.seed(4);
         let config = tiny_config(ModelKind::Cnn, 3);
         let model = Ensemble::new(&config, 2, &device).valid();

@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn logits_are_the_last_layer_applied_to_the_features() {
-        let device = Device::default();
+        let device = crate::device::cpu();
         let config = tiny_config(ModelKind::Cnn, 4);
         let cnn = Cnn::new(&config, &device);
         let x = Tensor::<4>::random([3, 1, 8, 8], burn::tensor::Distribution::Default, &device);

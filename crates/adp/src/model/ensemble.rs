@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn features_stack_each_members_own_hidden_layer() {
-        let device = Device::default();
+        let device = crate::device::cpu();
         device.seed(3);
         let config = tiny_config(ModelKind::Resnet20, 3);
         let model = Ensemble::new(&config, 2, &device);

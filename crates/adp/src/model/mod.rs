@@ -159,7 +159,7 @@ mod tests {
     /// A per-pixel mean is subtracted pixel by pixel, a per-channel one from the whole plane.
     #[test]
     fn normalize_takes_a_per_channel_or_a_per_pixel_mean() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let x =
             Tensor::<1>::from_floats([0.5f32, 0.5, 0.5, 0.5].as_slice(), &d).reshape([1, 1, 2, 2]);
         let values = |n: Normalize| -> Vec<f32> {

@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn gal_steps_lower_the_coherence_of_the_input_gradients() {
         use crate::model::{Ensemble, ModelKind, tiny_config};
-        let ad = Device::default().autodiff();
+        let ad = crate::device::cpu().autodiff();
         ad.seed(9);
         let mut model = Ensemble::new(&tiny_config(ModelKind::Cnn, 3), 3, &ad);
         let x = Tensor::<1>::from_data(
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn coherence_of_identical_gradients_is_log_of_the_pair_count_times_e() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let g = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], &d);
         let c = coherence(&[g.clone(), g.clone(), g]).into_scalar::<f32>();
         // Three pairs, each cosine 1: log(3e).

@@ -134,7 +134,7 @@ pub(crate) fn check_f64_gradient(
             })
             .collect()
     };
-    let ad = Device::default().autodiff();
+    let ad = crate::device::cpu().autodiff();
     let leaves: Vec<Tensor<2>> = make(&base, &ad)
         .into_iter()
         .map(|t| t.require_grad())
@@ -149,7 +149,7 @@ pub(crate) fn check_f64_gradient(
                 .unwrap_or_else(|| vec![0.0; n * d])
         })
         .collect();
-    let plain = Device::default();
+    let plain = crate::device::cpu();
     let eval = |v: Vec<f64>| -> f64 {
         f(&make(&v, &plain))
             .into_data()
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn cosine_is_one_for_parallel_rows_and_minus_one_for_opposite_ones() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let a = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, -1.0]], &d);
         let b = Tensor::<2>::from_floats([[2.0, 4.0], [-3.0, 1.0]], &d);
         let c: Vec<f32> = cosine(a, b).into_data().try_into_vec_as().unwrap();

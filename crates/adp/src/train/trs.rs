@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn trs_steps_lower_the_gradient_similarity_and_magnitude() {
         use crate::model::{ModelKind, tiny_config};
-        let ad = Device::default().autodiff();
+        let ad = crate::device::cpu().autodiff();
         ad.seed(9);
         let mut model = Ensemble::new(&tiny_config(ModelKind::Cnn, 3), 3, &ad);
         let v: Vec<f32> = adp_kernels::testing::values(8 * 64, 4)
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn magnitude_is_twice_the_mean_squared_norm() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let g = Tensor::<2>::from_floats([[3.0, 4.0], [0.0, 1.0]], &d);
         assert!((magnitude(g).into_scalar::<f32>() - 26.0).abs() < 1e-5);
     }

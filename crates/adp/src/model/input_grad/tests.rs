@@ -52,7 +52,7 @@ fn autodiff_input_grad(member: &Member, x: Tensor<4>, y: Tensor<1, Int>) -> Vec<
 
 #[test]
 fn the_explicit_input_gradient_is_autodiffs_for_both_architectures() {
-    let ad = Device::default().autodiff();
+    let ad = crate::device::cpu().autodiff();
     for kind in [ModelKind::Cnn, ModelKind::Resnet20] {
         ad.seed(3);
         let member = Member::new(&tiny_config(kind, 3), &ad);
@@ -107,7 +107,7 @@ impl ModuleMapper for Params {
 
 #[test]
 fn the_double_backward_matches_finite_differences_in_f64() {
-    let ad = Device::default().autodiff();
+    let ad = crate::device::cpu().autodiff();
     ad.seed(5);
     let base = Member::new(&tiny_config(ModelKind::Cnn, 3), &ad);
     let cast = |param, index, h| {
@@ -170,7 +170,7 @@ fn the_double_backward_matches_finite_differences_in_f64() {
 
 #[test]
 fn dverge_layers_end_with_the_logits() {
-    let device = Device::default();
+    let device = crate::device::cpu();
     for kind in [ModelKind::Cnn, ModelKind::Resnet20] {
         let member = Member::new(&tiny_config(kind, 3), &device);
         let x = images(&device, DType::F32);
