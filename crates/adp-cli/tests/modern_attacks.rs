@@ -15,7 +15,6 @@ use adp::eval::{RobustResult, robust};
 use adp::model::{Ensemble, ModelKind};
 use adp::train::{Method, TrainConfig, train};
 use burn::module::Module;
-use burn::prelude::*;
 use common::{adp, adp_ok, assert_one_error, scratch, stdout};
 
 /// Test examples attacked by every comparison.
@@ -47,10 +46,26 @@ fn trained() -> &'static (PathBuf, Ensemble, Dataset) {
     })
 }
 
+/// Serialises the tests that start `adp eval` on the shared run: each holds the run's lock, so a
+/// second one at the same time would be refused.
+fn shared_run_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Robust accuracy (or targeted success) of `spec` on the shared test examples, one batch.
 fn evaluate(spec: &AttackSpec, targeted: bool) -> RobustResult {
     let (_, model, test) = trained();
-    robust(model, test, spec, targeted, EXAMPLES, 0, &Device::default()).unwrap()
+    robust(
+        model,
+        test,
+        spec,
+        targeted,
+        EXAMPLES,
+        0,
+        &adp::device::cpu(),
+    )
+    .unwrap()
 }
 
 /// The paper's PGD-10 at [`EPS`], the baseline of two comparisons, run once.
@@ -71,7 +86,7 @@ fn spec(kind: AttackKind, eps: f64, steps: usize) -> AttackSpec {
 #[test]
 fn every_new_attack_and_objective_stays_in_budget() {
     let (_, model, test) = trained();
-    let device = Device::default();
+    let device = adp::device::cpu();
     let victim = Victim::ensemble(model);
     let batch = Batcher::sequential(test, 10).batch(0, &device);
     let eps = 0.2;
@@ -146,6 +161,28 @@ fn autoattack_is_at_least_as_strong_as_its_first_stage_and_the_apgd_cascade_as_i
     let ce = evaluate(&spec(AttackKind::ApgdCe, EPS, 5), false);
     let standard = evaluate(&spec(AttackKind::Autoattack, EPS, 5), false);
     eprintln!("APGD-CE {} autoattack {}", ce.accuracy, standard.accuracy);
+    // The accuracy after each stage: four stages, never rising, the last one the final number,
+    // and the examples each stage broke add up to what the cascade broke.
+    let after: Vec<f64> = standard.stages.iter().map(|s| s.accuracy).collect();
+    assert_eq!(after.len(), 4, "{:?}", standard.stages);
+    assert!(after.windows(2).all(|w| w[1] <= w[0]), "{after:?}");
+    assert_eq!(after[3], standard.accuracy);
+    let broken: usize = standard.stages.iter().map(|s| s.broken).sum();
+    let n = standard.examples as f64;
+    assert_eq!(
+        broken,
+        ((after[0] - after[3]) * n).round() as usize + standard.stages[0].broken
+    );
+    assert!(
+        standard.stages[0].attack.starts_with("APGD"),
+        "{:?}",
+        standard.stages
+    );
+    assert!(
+        standard.stages[3].attack.starts_with("Square"),
+        "{:?}",
+        standard.stages
+    );
     assert!(
         standard.accuracy <= ce.accuracy,
         "autoattack {} vs APGD-CE {}",
@@ -198,6 +235,7 @@ fn mora_is_at_least_as_strong_as_pgd_10_and_selectable_by_name() {
         pgd_10()
     );
     let (run, _, _) = trained();
+    let _turn = shared_run_turn();
     let o = adp_ok(&[
         "eval",
         run.to_str().unwrap(),
@@ -232,6 +270,7 @@ fn targeted_apgd_reaches_its_target_more_often_than_chance() {
 #[test]
 fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
     let (run, _, _) = trained();
+    let _turn = shared_run_turn();
     let run = run.to_str().unwrap();
     let o = adp_ok(&[
         "eval",
@@ -256,12 +295,18 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         "2",
         "--limit",
         "10",
+        // Any run of the same data set serves as a surrogate; here the run itself.
+        "--surrogate",
+        run,
     ]);
     let stdout = stdout(&o);
     assert!(
         stdout.contains("| AUTOATTACK | ε = 0.1 |") && stdout.contains("| ADAPTIVE | ε = 0.1 |"),
         "{stdout}"
     );
+    // The cascade's accuracy after each of its four stages, printed and saved.
+    assert_eq!(stdout.matches("  after ").count(), 4, "{stdout}");
+    assert!(stdout.contains("  after Square("), "{stdout}");
     // The indicators at ε = 0.1: one summary line, then a line per indicator that fired.
     assert!(
         stdout.contains("indicators at ε = 0.1 (10 examples): clean"),
@@ -277,8 +322,21 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         "{report}"
     );
     assert_eq!(stdout.matches("over 2 seeds mean").count(), 2, "{stdout}");
+    assert_eq!(
+        report["robust"][0]["stages"].as_array().map(Vec::len),
+        Some(4),
+        "{report}"
+    );
     let indicators = &report["indicators"][0];
     assert_eq!(indicators["eps"].as_f64(), Some(0.1), "{report}");
+    assert!(
+        indicators["transfer_accuracy"].as_f64().is_some(),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("transferred from the surrogate"),
+        "{stdout}"
+    );
     let fired = indicators["fired"].as_array().unwrap().len();
     let warnings = stdout.matches("FAILED EVALUATION?").count();
     assert_eq!(fired, warnings, "{stdout}");
@@ -319,6 +377,17 @@ fn new_attacks_are_selectable_by_name_and_bad_values_give_one_error() {
         (
             vec!["--attack", "fgsm", "--eps", "0.1", "--seeds", "0"],
             "--seeds must be at least 1",
+        ),
+        (
+            vec![
+                "--attack",
+                "fgsm",
+                "--eps",
+                "0.1",
+                "--surrogate",
+                "/nonexistent",
+            ],
+            "--surrogate /nonexistent",
         ),
     ] {
         let mut full = vec!["eval", run];

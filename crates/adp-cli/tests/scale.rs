@@ -250,8 +250,9 @@ fn run_copy(name: &str) -> PathBuf {
     dst
 }
 
-/// Random starts (PGD), Square's random squares and random targets, two seeds, 8 batches of 25.
-const EVAL: [&str; 15] = [
+/// Random starts (PGD), Square's random squares, a cascade's per-stage accuracies and random
+/// targets, two seeds, 8 batches of 25.
+const EVAL: [&str; 21] = [
     "--limit",
     "200",
     "--attack",
@@ -264,6 +265,12 @@ const EVAL: [&str; 15] = [
     "0.1",
     "--queries",
     "20",
+    "--attack",
+    "apgd-cascade",
+    "--eps",
+    "0.1",
+    "--steps",
+    "5",
     "--seeds",
     "2",
     "--no-indicators",
@@ -334,7 +341,8 @@ fn merged_shards_equal_the_unsharded_evaluation() {
         .collect();
     let ranges: Vec<_> = parts.iter().map(|p| p.examples.clone()).collect();
     assert_eq!(ranges, vec![0..50, 50..125, 125..200]);
-    // Per image: the shards' PGD outcomes are those of one unsharded `adp attack`.
+    // Per image: the shards' PGD outcomes are those of one unsharded `adp attack` (with EVAL's
+    // `--steps`, which applies to every attack listed).
     let adv = run.join("pgd.safetensors");
     adp_ok(&[
         "attack",
@@ -343,6 +351,8 @@ fn merged_shards_equal_the_unsharded_evaluation() {
         "pgd",
         "--eps",
         "0.1",
+        "--steps",
+        "5",
         "--targeted",
         "--batch-size",
         "25",

@@ -96,7 +96,7 @@ impl AttackList {
 pub struct AttackParams {
     /// Iterations of the iterative attacks (BIM, PGD, MIM: 10 as in the paper; APGD and
     /// autoattack: 100; C&W and EAD: 1000 per binary-search step; adaptive: length of the last
-    /// stage, 200).
+    /// stage, 200). Also the APGD-CE iterations of `adp eval`'s indicators (default 100).
     #[arg(long, visible_alias = "iterations")]
     pub steps: Option<usize>,
     /// Step size of BIM, PGD, MIM (paper: ε/10) and adaptive (ε/20); APGD sets its own.

@@ -31,6 +31,10 @@ pub struct EvalArgs {
     /// each ε, with APGD-CE of --steps iterations and Square of --queries queries).
     #[arg(long)]
     pub no_indicators: bool,
+    /// A run trained on the same data set (an undefended one, say) whose APGD-CE examples the
+    /// indicators transfer to this run: they flag an evaluation whose white-box attacks do worse.
+    #[arg(long, value_name = "RUN")]
+    pub surrogate: Option<PathBuf>,
     /// Evaluate only shard i of n of the test set (`0/4` … `3/4`), saved to
     /// RUN/eval-shards/I-of-N/partial.json; `adp merge RUN` combines the n shards.
     #[arg(long, value_name = "i/n")]
@@ -121,6 +125,14 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             pct(r.std_error),
             r.examples
         );
+        for stage in &r.stages {
+            println!(
+                "  after {}: accuracy {} ({} broken by it)",
+                stage.attack,
+                pct(stage.accuracy),
+                stage.broken
+            );
+        }
     }
     for ind in &report.indicators {
         for line in indicator_lines(&a.run, ind) {
@@ -164,6 +176,11 @@ fn measure_indicators(
         .collect();
     budgets.sort_by(f64::total_cmp);
     budgets.dedup();
+    let surrogate = match &a.surrogate {
+        Some(dir) => Some(load_surrogate(dir, &a.run, test, device)?),
+        None => None,
+    };
+    let surrogate = surrogate.as_ref().map(adp::attack::Victim::ensemble);
     let victim = adp::attack::Victim::ensemble(model);
     budgets
         .into_iter()
@@ -176,6 +193,9 @@ fn measure_indicators(
                 .reduce(f64::min);
             indicators(
                 &victim,
+                surrogate
+                    .as_ref()
+                    .map(|s| s as &dyn adp::attack::Classifier),
                 test,
                 eps,
                 reported,
@@ -186,6 +206,27 @@ fn measure_indicators(
             )
         })
         .collect()
+}
+
+/// The surrogate run of `--surrogate`, in evaluation mode; it must classify the images of `run`.
+fn load_surrogate(
+    dir: &Path,
+    run: &Path,
+    test: &adp::data::Dataset,
+    device: &burn::prelude::Device,
+) -> Result<adp::model::Ensemble> {
+    let (spec, model) = adp::train::checkpoint::load_run(dir, device)
+        .with_context(|| format!("--surrogate {}", dir.display()))?;
+    let (shape, classes) = (spec.member.input_shape, spec.member.num_classes);
+    ensure!(
+        shape == test.shape && classes == test.num_classes,
+        "--surrogate {}: its members take {shape:?} images in {classes} classes, but {} is tested on {:?} images in {} classes; give a run trained on the same data set",
+        dir.display(),
+        run.display(),
+        test.shape,
+        test.num_classes
+    );
+    Ok(burn::module::Module::valid(&model))
 }
 
 /// The indicators' summary line and one line per indicator that fired, with what to run next.
@@ -209,6 +250,9 @@ fn indicator_lines(run: &Path, ind: &Indicators) -> Vec<String> {
         sweep.join(", "),
         pct(ind.zero_gradient),
     )];
+    if let Some(t) = ind.transfer_accuracy {
+        lines[0].push_str(&format!(", transferred from the surrogate {}", pct(t)));
+    }
     for failure in &ind.fired {
         lines.push(match failure {
             Failure::GradientFreeWins => format!(
@@ -228,6 +272,11 @@ fn indicator_lines(run: &Path, ind: &Indicators) -> Vec<String> {
             Failure::ZeroGradients => format!(
                 "FAILED EVALUATION? {} of the input gradients are exactly zero: a saturated softmax masks them; run `adp eval {run} --attack apgd-dlr --eps {eps}` (DLR is scale-invariant) and `--attack square --eps {eps}`",
                 pct(ind.zero_gradient)
+            ),
+            Failure::TransferWins => format!(
+                "FAILED EVALUATION? APGD-CE examples crafted on the surrogate leave {} correct, the white-box gradient attacks {}: this run's own gradients mislead; run `adp eval {run} --attack autoattack --eps {eps}` and `--attack adaptive --objective joint --eps {eps}`",
+                pct(ind.transfer_accuracy.unwrap_or(0.0)),
+                pct(ind.gradient_accuracy)
             ),
         });
     }

@@ -112,12 +112,25 @@ impl Cascade {
 
 impl Attack for Cascade {
     fn name(&self) -> String {
-        let stages: Vec<String> = self.stages.iter().map(|a| a.name()).collect();
-        format!("{}[{}]", self.label, stages.join(" → "))
+        format!("{}[{}]", self.label, self.stage_names().join(" → "))
     }
 
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput {
         self.run_report(model, images, goal).output
+    }
+
+    fn stage_names(&self) -> Vec<String> {
+        self.stages.iter().map(|a| a.name()).collect()
+    }
+
+    fn run_verdicts(
+        &self,
+        model: &dyn Classifier,
+        images: Tensor<4>,
+        goal: &Goal,
+    ) -> (AttackOutput, Option<Vec<Verdict>>) {
+        let report = self.run_report(model, images, goal);
+        (report.output, Some(report.verdicts))
     }
 }
 
@@ -130,7 +143,7 @@ mod tests {
 
     #[test]
     fn later_stages_only_see_the_examples_still_standing() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let w = Tensor::<2>::random([3, 4], Distribution::Normal(0.0, 1.0), &d);
         let model = Linear {
             w,

@@ -245,6 +245,22 @@ pub trait Attack {
     /// Crafts adversarial examples for `goal`.
     fn run(&self, model: &dyn Classifier, images: Tensor<4>, goal: &Goal) -> AttackOutput;
 
+    /// The names of the stages of a [`Cascade`], in order; empty for a single attack.
+    fn stage_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// [`run`](Self::run), and for a [`Cascade`] the verdict of each example: which stage
+    /// first met the goal on it. `None` for a single attack.
+    fn run_verdicts(
+        &self,
+        model: &dyn Classifier,
+        images: Tensor<4>,
+        goal: &Goal,
+    ) -> (AttackOutput, Option<Vec<Verdict>>) {
+        (self.run(model, images, goal), None)
+    }
+
     /// Untargeted attack on the true `labels` (the torchattacks-style call).
     fn attack(
         &self,
@@ -295,6 +311,7 @@ pub(crate) mod tests {
     use crate::tensor::floats;
 
     /// A linear softmax classifier z = W·flatten(x) + b, whose input gradient is known in closed form.
+    #[derive(Clone)]
     pub(crate) struct Linear {
         pub w: Tensor<2>, // [L, P]
         pub b: Tensor<1>, // [L]
@@ -314,7 +331,7 @@ pub(crate) mod tests {
     /// on which FGSM, BIM, PGD and MIM have closed-form answers, since ∇ₓ(−log p_0) has the
     /// constant sign of W_1 − W_0 = (−2, 2, −0.5, 2).
     pub(crate) fn two_class_toy(n: usize) -> (Linear, Tensor<4>, Tensor<1, Int>) {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let w = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, -1.0, 0.5, 0.0, -1.0, 1.0, 0.0, 2.0], [2, 4]),
             &d,
@@ -338,7 +355,7 @@ pub(crate) mod tests {
     /// before ε = 0.4), ε* = (z_0 − z_1) / ‖w_0 − w_1‖₁, the `f64` returned (0.1 by the choice
     /// of b_0).
     pub(crate) fn linear_four_class(n: usize) -> (Linear, Tensor<4>, Tensor<1, Int>, f64) {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let p = 16;
         let u: Vec<f32> = (0..p)
             .map(|i| ((i % 3) as f32 + 1.0) / 3.0 * if i % 2 == 0 { 1.0 } else { -1.0 })
@@ -431,7 +448,7 @@ pub(crate) mod tests {
 
     #[test]
     fn random_targets_differ_from_labels() {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let y = Tensor::<1, Int>::from_data(
             TensorData::new((0..50i64).map(|i| i % 10).collect(), [50]),
             &d,

@@ -7,7 +7,7 @@ use anyhow::{Result, ensure};
 use burn::prelude::*;
 
 use super::RobustResult;
-use crate::attack::{AttackSpec, Classifier, Goal, Norms, Victim, random_targets};
+use crate::attack::{AttackSpec, Classifier, Goal, Norms, Verdict, Victim, random_targets};
 use crate::data::{Batcher, Dataset};
 use crate::model::Ensemble;
 use crate::tensor::floats;
@@ -40,6 +40,10 @@ pub struct AttackedSet {
     pub ensemble_correct: Vec<bool>,
     /// Size of each perturbation.
     pub norms: Vec<Norms>,
+    /// The stages of a cascade (`autoattack`, `apgd-cascade`), in order; empty otherwise.
+    pub stages: Vec<String>,
+    /// For a cascade, which stage first met the goal on each example; empty otherwise.
+    pub verdicts: Vec<Verdict>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -164,6 +168,8 @@ pub fn attack_batches(
         success: Vec::with_capacity(data.len()),
         ensemble_correct: Vec::with_capacity(data.len()),
         norms: Vec::with_capacity(data.len()),
+        stages: attack.stage_names(),
+        verdicts: Vec::new(),
         seconds: 0.0,
     };
     for (i, batch) in batcher.iter(device).enumerate() {
@@ -178,7 +184,7 @@ pub fn attack_batches(
         } else {
             Goal::Untargeted(batch.labels.clone())
         };
-        let out = attack.run(&victim, batch.images, &goal);
+        let (out, verdicts) = attack.run_verdicts(&victim, batch.images, &goal);
         ensure!(
             out.success.len() == batch.labels.dims()[0],
             "attack returned a wrong batch size"
@@ -207,6 +213,7 @@ pub fn attack_batches(
         set.adversarial.extend(floats::<f32, _>(out.adversarial));
         set.success.extend(out.success);
         set.norms.extend(out.norms);
+        set.verdicts.extend(verdicts.into_iter().flatten());
         bar.inc(1);
     }
     bar.finish();
@@ -215,7 +222,8 @@ pub fn attack_batches(
 }
 
 /// Runs one attack over `data` against the ensemble and measures its accuracy on the result:
-/// the fraction still classified correctly (untargeted) or not moved to the target (targeted).
+/// the fraction still classified correctly (untargeted) or not moved to the target (targeted),
+/// and for a cascade the accuracy after each of its stages.
 pub fn robust(
     model: &Ensemble,
     data: &Dataset,
@@ -233,5 +241,6 @@ pub fn robust(
         &set.success,
         &set.ensemble_correct,
         set.seconds,
-    ))
+    )
+    .with_stages(&set.stages, &set.verdicts))
 }

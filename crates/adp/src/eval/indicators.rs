@@ -12,6 +12,10 @@
 //!   examples correct than the gradient attacks: their gradient steps are worth nothing.
 //! * [`Failure::ZeroGradients`]: more than 1% of the examples have an exactly zero input
 //!   gradient of −log F_y.
+//! * [`Failure::TransferWins`]: APGD-CE run on a surrogate (for example an undefended model
+//!   trained on the same data) and transferred leaves fewer examples correct than the white-box
+//!   gradient attacks, by more than the binomial standard error: attacking the defence's own
+//!   gradients is worse than attacking another model's, so those gradients mislead.
 //!
 //! The gradient attacks' accuracy is the lower of APGD-CE run here and any gradient attack
 //! evaluated at the same ε.
@@ -41,6 +45,8 @@ pub enum Failure {
     NoiseAsStrong,
     /// More than 1% of the input gradients are exactly zero.
     ZeroGradients,
+    /// Examples crafted on a surrogate beat the white-box gradient attacks.
+    TransferWins,
 }
 
 /// The attacks the indicators run: APGD-CE's iterations (at ε and along the sweep) and Square's
@@ -92,6 +98,9 @@ pub struct Indicators {
     pub sweep: Vec<SweepPoint>,
     /// Fraction of examples whose input gradient of −log F_y is exactly zero.
     pub zero_gradient: f64,
+    /// Accuracy under APGD-CE crafted on the surrogate and transferred, where one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_accuracy: Option<f64>,
     /// The indicators that fired.
     pub fired: Vec<Failure>,
 }
@@ -145,6 +154,24 @@ pub fn zero_gradients(model: &dyn Classifier, images: &Tensor<4>, labels: Tensor
         .count()
 }
 
+/// Fraction of `data` that `model` still classifies correctly on the untargeted `attack`'s
+/// examples crafted on `surrogate` (transferred).
+fn accuracy_transferred(
+    model: &dyn Classifier,
+    surrogate: &dyn Classifier,
+    data: &Dataset,
+    attack: &dyn Attack,
+    batch_size: usize,
+    device: &Device,
+) -> f64 {
+    let mut correct = 0;
+    for batch in Batcher::sequential(data, batch_size).iter(device) {
+        let out = attack.attack(surrogate, batch.images, batch.labels.clone());
+        correct += crate::metrics::count_correct(model.log_probs(out.adversarial), batch.labels);
+    }
+    correct as f64 / data.len() as f64
+}
+
 /// Fraction of `data` still classified correctly after the untargeted `attack`.
 fn accuracy_under(
     model: &dyn Classifier,
@@ -162,11 +189,13 @@ fn accuracy_under(
 }
 
 /// Measures the indicators at budget `eps` on `data` (untargeted). `reported` is the lowest
-/// accuracy of the gradient attacks already evaluated at `eps`, if any. The attacks draw from
-/// the device's generator, seeded with `seed`.
+/// accuracy of the gradient attacks already evaluated at `eps`, if any; `surrogate`, if given,
+/// is the model whose APGD-CE examples are transferred. The attacks draw from the device's
+/// generator, seeded with `seed`.
 #[allow(clippy::too_many_arguments)]
 pub fn indicators(
     model: &dyn Classifier,
+    surrogate: Option<&dyn Classifier>,
     data: &Dataset,
     eps: f64,
     reported: Option<f64>,
@@ -211,11 +240,17 @@ pub fn indicators(
             accuracy: under(&apgd(e)),
         })
         .collect();
+    let transfer_accuracy =
+        surrogate.map(|s| accuracy_transferred(model, s, data, &apgd(eps), batch_size, device));
     let zero_gradient = zero as f64 / n as f64;
     let gradient_std_error = std_error(gradient_accuracy, n);
 
+    // "Beats the gradient attacks": lower by more than their standard error (and by at least
+    // one example).
+    let beats =
+        |accuracy: f64| accuracy < gradient_accuracy - gradient_std_error.max(0.5 / n as f64);
     let mut fired = Vec::new();
-    if square_accuracy < gradient_accuracy - gradient_std_error.max(0.5 / n as f64) {
+    if beats(square_accuracy) {
         fired.push(Failure::GradientFreeWins);
     }
     if sweep.last().is_some_and(|p| p.accuracy > 0.0) {
@@ -227,6 +262,9 @@ pub fn indicators(
     if zero_gradient > ZERO_GRADIENT_LIMIT {
         fired.push(Failure::ZeroGradients);
     }
+    if transfer_accuracy.is_some_and(beats) {
+        fired.push(Failure::TransferWins);
+    }
     Ok(Indicators {
         eps,
         examples: n,
@@ -237,6 +275,7 @@ pub fn indicators(
         noise_accuracy,
         sweep,
         zero_gradient,
+        transfer_accuracy,
         fired,
     })
 }
@@ -265,7 +304,7 @@ mod tests {
     /// images of class 0 whose margins to the boundary are spread so that ε = 0.1 breaks about
     /// half of them (the minimal L∞ perturbation of example i is m_i / 16).
     fn linear_and_data() -> (Linear, Dataset) {
-        let d = Device::default();
+        let d = crate::device::cpu();
         let p = 16;
         let v: Vec<f32> = (0..p)
             .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
@@ -289,19 +328,26 @@ mod tests {
         (model, data)
     }
 
-    fn measure(model: &dyn Classifier, data: &Dataset) -> Indicators {
+    fn measure(
+        model: &dyn Classifier,
+        surrogate: Option<&dyn Classifier>,
+        data: &Dataset,
+    ) -> Indicators {
         let settings = IndicatorSettings {
             apgd_iterations: 20,
             square_queries: 1000,
         };
-        indicators(model, data, 0.1, None, &settings, 40, 3, &Device::default()).unwrap()
+        let device = crate::device::cpu();
+        indicators(model, surrogate, data, 0.1, None, &settings, 40, 3, &device).unwrap()
     }
 
     #[test]
     fn no_indicator_fires_on_a_linear_model() {
         let (model, data) = linear_and_data();
-        let r = measure(&model, &data);
+        // The model is its own surrogate: the transferred examples are the white-box ones.
+        let r = measure(&model, Some(&model), &data);
         assert!(r.fired.is_empty(), "{r:?}");
+        assert_eq!(r.transfer_accuracy, Some(r.gradient_accuracy), "{r:?}");
         // Examples 0..=17 have minimal perturbations below 0.1 (s_i = 0.02 + 0.18 i / 39).
         assert!((r.gradient_accuracy - 22.0 / 40.0).abs() < 1e-9, "{r:?}");
     }
@@ -310,15 +356,18 @@ mod tests {
     fn a_quantising_layer_fires_the_indicators() {
         let (inner, data) = linear_and_data();
         let model = Quantised {
-            inner,
+            inner: inner.clone(),
             levels: 64.0,
         };
-        let r = measure(&model, &data);
+        // The surrogate is the same linear model without the quantising layer: an undefended
+        // model whose examples transfer.
+        let r = measure(&model, Some(&inner), &data);
         assert_eq!(r.zero_gradient, 1.0, "{r:?}");
         for failure in [
             Failure::ZeroGradients,
             Failure::GradientFreeWins,
             Failure::AccuracyDoesNotVanish,
+            Failure::TransferWins,
         ] {
             assert!(
                 r.fired.contains(&failure),

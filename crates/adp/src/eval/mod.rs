@@ -22,7 +22,7 @@ pub mod shard;
 pub mod transfer;
 pub mod tsne;
 
-use crate::attack::{AttackSpec, Victim};
+use crate::attack::{AttackSpec, Verdict, Victim};
 use crate::data::{Batcher, Dataset};
 use crate::metrics::count_correct;
 use crate::model::Ensemble;
@@ -77,6 +77,22 @@ pub struct RobustResult {
     /// Accuracies of the repeats with the next seeds (`adp eval --seeds N`), after this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repeats: Vec<f64>,
+    /// For a cascade (`autoattack`, `apgd-cascade`), the accuracy after each stage, every stage
+    /// run only on the examples the earlier ones left standing; the last one is `accuracy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageResult>,
+}
+
+/// The accuracy of a cascade after one of its stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageResult {
+    /// The stage's description with every parameter.
+    pub attack: String,
+    /// Examples this stage was the first to break.
+    pub broken: usize,
+    /// Fraction of all examples that neither the clean input nor this or an earlier stage
+    /// broke.
+    pub accuracy: f64,
 }
 
 impl RobustResult {
@@ -220,7 +236,33 @@ impl RobustResult {
             seconds,
             std_error: indicators::std_error(accuracy, success.len()),
             repeats: Vec::new(),
+            stages: Vec::new(),
         }
+    }
+
+    /// This result with the accuracy after each stage of a cascade named `stages`, from the
+    /// per-example `verdicts` (of the same examples as the result); unchanged when `stages` is
+    /// empty (a single attack).
+    pub fn with_stages(mut self, stages: &[String], verdicts: &[Verdict]) -> Self {
+        let n = verdicts.len().max(1) as f64;
+        let mut standing = verdicts.iter().filter(|&&v| v != Verdict::Clean).count();
+        self.stages = stages
+            .iter()
+            .enumerate()
+            .map(|(s, attack)| {
+                let broken = verdicts
+                    .iter()
+                    .filter(|&&v| v == Verdict::BrokenBy(s))
+                    .count();
+                standing -= broken;
+                StageResult {
+                    attack: attack.clone(),
+                    broken,
+                    accuracy: standing as f64 / n,
+                }
+            })
+            .collect();
+        self
     }
 }
 
@@ -239,7 +281,8 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// One CSV row per measured number; `parameter` is the attack's "Para." cell.
+    /// One CSV row per measured number; `parameter` is the attack's "Para." cell. A cascade's
+    /// accuracy after stage i is the metric `stage_i_accuracy`.
     pub fn to_csv(&self) -> String {
         let mut s = String::from("label,metric,attack,eps,targeted,examples,value,parameter\n");
         for (k, e) in self.clean.member_error.iter().enumerate() {
@@ -265,6 +308,18 @@ impl EvalReport {
                 "{},accuracy,{},{},{},{},{:.6},{}\n",
                 self.label, r.attack, r.eps, r.targeted, r.examples, r.accuracy, r.parameter
             ));
+            for (i, stage) in r.stages.iter().enumerate() {
+                s.push_str(&format!(
+                    "{},stage_{i}_accuracy,{},{},{},{},{:.6},{}\n",
+                    self.label,
+                    r.attack,
+                    r.eps,
+                    r.targeted,
+                    r.examples,
+                    stage.accuracy,
+                    r.parameter
+                ));
+            }
         }
         s
     }
@@ -276,5 +331,48 @@ impl EvalReport {
         crate::io::keep_previous(&dir.join("eval.csv"))?;
         crate::io::write_json(&dir.join("eval.json"), self)?;
         crate::io::atomic_write(&dir.join("eval.csv"), self.to_csv().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::AttackKind;
+
+    #[test]
+    fn stage_accuracies_count_down_from_the_examples_the_clean_input_left_standing() {
+        use Verdict::{BrokenBy, Clean, Robust};
+        let spec = AttackSpec::new(AttackKind::Autoattack, 0.1);
+        // 8 examples: one misclassified clean; stages 0, 2 and 3 break three, one and one; two robust.
+        let verdicts = [
+            Clean,
+            BrokenBy(0),
+            BrokenBy(0),
+            BrokenBy(2),
+            Robust,
+            BrokenBy(0),
+        ];
+        let verdicts = [&verdicts[..], &[Robust, BrokenBy(3)]].concat();
+        let correct: Vec<bool> = verdicts.iter().map(|&v| v == Robust).collect();
+        let success: Vec<bool> = correct.iter().map(|c| !c).collect();
+        let names: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let r = RobustResult::from_flags(&spec, false, "x".into(), &success, &correct, 0.0)
+            .with_stages(&names, &verdicts);
+        let after: Vec<(usize, f64)> = r.stages.iter().map(|s| (s.broken, s.accuracy)).collect();
+        assert_eq!(
+            after,
+            [
+                (3, 4.0 / 8.0),
+                (0, 4.0 / 8.0),
+                (1, 3.0 / 8.0),
+                (1, 2.0 / 8.0)
+            ]
+        );
+        assert_eq!(r.stages[3].accuracy, r.accuracy);
+        assert_eq!(r.stages[2].attack, "c");
+        // A single attack has no stages.
+        let single = RobustResult::from_flags(&spec, false, "x".into(), &success, &correct, 0.0)
+            .with_stages(&[], &[]);
+        assert!(single.stages.is_empty());
     }
 }

@@ -27,7 +27,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{CleanCounts, EvalReport, RobustResult, attack_batches, clean_counts};
-use crate::attack::AttackSpec;
+use crate::attack::{AttackSpec, Verdict};
 use crate::data::Dataset;
 use crate::model::Ensemble;
 
@@ -133,6 +133,10 @@ pub struct PartialRun {
     pub success: String,
     /// Whether the ensemble still classifies the example correctly, one `0`/`1` per example.
     pub correct: String,
+    /// For a cascade, the verdict of each example: `c` broken on the clean input, `0`, `1`, …
+    /// broken first by that stage, `r` robust. Empty for a single attack.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub verdicts: String,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -142,6 +146,9 @@ pub struct PartialRun {
 pub struct PartialAttack {
     /// Description of the attack with every parameter.
     pub description: String,
+    /// The stages of a cascade, in order; empty for a single attack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<String>,
     /// One run per seed, in seed order.
     pub runs: Vec<PartialRun>,
 }
@@ -163,6 +170,33 @@ pub struct PartialEval {
 
 fn flags(b: &[bool]) -> String {
     b.iter().map(|&x| if x { '1' } else { '0' }).collect()
+}
+
+fn verdict_chars(v: &[Verdict]) -> String {
+    v.iter()
+        .map(|v| match v {
+            Verdict::Clean => 'c',
+            Verdict::Robust => 'r',
+            Verdict::BrokenBy(s) => char::from_digit(*s as u32, 36).expect("at most 36 stages"),
+        })
+        .collect()
+}
+
+fn unverdict_chars(s: &str, stages: usize, file: &Path) -> Result<Vec<Verdict>> {
+    s.chars()
+        .map(|c| match c {
+            'c' => Ok(Verdict::Clean),
+            'r' => Ok(Verdict::Robust),
+            d => match d.to_digit(36) {
+                Some(i) if (i as usize) < stages => Ok(Verdict::BrokenBy(i as usize)),
+                _ => bail!(
+                    "{}: a verdict must be c, r or a stage below {stages}, found {d:?}; the file \
+                     is corrupt",
+                    file.display()
+                ),
+            },
+        })
+        .collect()
 }
 
 fn unflags(s: &str, file: &Path) -> Result<Vec<bool>> {
@@ -229,6 +263,7 @@ pub fn evaluate_shard(
     for spec in &s.attacks {
         let mut runs = Vec::with_capacity(s.seeds);
         let mut description = String::new();
+        let mut stages = Vec::new();
         for r in 0..s.seeds as u64 {
             let set = attack_batches(
                 model,
@@ -242,13 +277,19 @@ pub fn evaluate_shard(
                 device,
             )?;
             description = set.description;
+            stages = set.stages;
             runs.push(PartialRun {
                 success: flags(&set.success),
                 correct: flags(&set.ensemble_correct),
+                verdicts: verdict_chars(&set.verdicts),
                 seconds: set.seconds,
             });
         }
-        attacks.push(PartialAttack { description, runs });
+        attacks.push(PartialAttack {
+            description,
+            stages,
+            runs,
+        });
     }
     Ok(PartialEval {
         shard,
@@ -357,6 +398,7 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
     let mut clean: Option<CleanCounts> = None;
     let mut success = vec![Vec::<Vec<bool>>::new(); s.attacks.len()];
     let mut correct = vec![Vec::<Vec<bool>>::new(); s.attacks.len()];
+    let mut verdicts = vec![Vec::<Verdict>::new(); s.attacks.len()];
     let mut seconds = vec![vec![0f64; s.seeds]; s.attacks.len()];
     for (i, part) in parts.iter().enumerate() {
         let file = part.shard.path(run);
@@ -395,6 +437,12 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
                     s.seeds
                 )));
             }
+            if attack.stages != first.attacks[a].stages {
+                return Err(bad(format!(
+                    "`attacks[{a}].stages` differ from those of shard 0 of {}",
+                    parts.len()
+                )));
+            }
             for (r, run_) in attack.runs.iter().enumerate() {
                 let ok = unflags(&run_.success, &file)?;
                 let still = unflags(&run_.correct, &file)?;
@@ -404,6 +452,22 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
                         ok.len().min(still.len()),
                         want.len()
                     )));
+                }
+                if r == 0 {
+                    let v = unverdict_chars(&run_.verdicts, attack.stages.len(), &file)?;
+                    let expected = if attack.stages.is_empty() {
+                        0
+                    } else {
+                        want.len()
+                    };
+                    if v.len() != expected {
+                        return Err(bad(format!(
+                            "`attacks[{a}].runs[0]` has verdicts of {} examples for {} stages",
+                            v.len(),
+                            attack.stages.len()
+                        )));
+                    }
+                    verdicts[a].extend(v);
                 }
                 if i == 0 {
                     success[a].push(ok);
@@ -433,7 +497,7 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
                     seconds[a][r],
                 )
             };
-            let mut main = result(0);
+            let mut main = result(0).with_stages(&first.attacks[a].stages, &verdicts[a]);
             main.repeats = (1..s.seeds).map(|r| result(r).accuracy).collect();
             main
         })
@@ -444,4 +508,25 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
         robust,
         indicators: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_round_trip_and_a_stage_out_of_range_is_refused() {
+        let v = [
+            Verdict::Clean,
+            Verdict::BrokenBy(0),
+            Verdict::Robust,
+            Verdict::BrokenBy(3),
+        ];
+        let file = Path::new("partial.json");
+        assert_eq!(verdict_chars(&v), "c0r3");
+        assert_eq!(unverdict_chars("c0r3", 4, file).unwrap(), v);
+        let err = unverdict_chars("c0r3", 3, file).unwrap_err().to_string();
+        assert!(err.starts_with("partial.json: a verdict must be"), "{err}");
+        assert!(unverdict_chars("c?", 4, file).is_err());
+    }
 }

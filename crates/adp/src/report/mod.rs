@@ -118,6 +118,7 @@ mod tests {
                     seconds: 1.0,
                     std_error: 0.0,
                     repeats: Vec::new(),
+                    stages: Vec::new(),
                 },
                 RobustResult {
                     attack: "cw".into(),
@@ -131,6 +132,7 @@ mod tests {
                     seconds: 1.0,
                     std_error: 0.0,
                     repeats: Vec::new(),
+                    stages: Vec::new(),
                 },
             ],
             indicators: Vec::new(),
