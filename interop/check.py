@@ -7,12 +7,17 @@ For each run directory (copied first, never modified):
       `adp eval --attack pgd` against torchattacks.PGD on log(mean softmax) (robust accuracy
       within 1 point);
   (c) a torch-initialised, briefly torch-trained copy of the architecture saved with torch.save,
-      imported with `adp import`, gives the same logits in adp (max abs diff <= 1e-4).
+      imported with `adp import`, gives the same logits in adp (max abs diff <= 1e-4);
+  (d) `adp eval --attack apgd-ce` and `--attack square` against the AutoAttack authors' APGDAttack
+      and SquareAttack (fra31/auto-attack where it is installed, else torchattacks' ports of them)
+      on the same weights and images: robust accuracies within twice the binomial standard error
+      of their difference, 2*sqrt(2p(1-p)/n).
 Prints one table and exits non-zero when a check fails.
 """
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -64,13 +69,71 @@ def torch_pgd(model, images, labels, eps, steps, step_size, seed):
     return accuracy(model, adv, labels)
 
 
+def reference_attacks():
+    """The authors' APGD-CE and Square (fra31/auto-attack), else torchattacks' ports of them."""
+    try:
+        from autoattack.autopgd_base import APGDAttack
+        from autoattack.square import SquareAttack
+
+        def apgd(model, eps, steps, seed):
+            a = APGDAttack(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, seed=seed, loss="ce", device="cpu")
+            return a.perturb
+
+        def square(model, eps, queries, seed):
+            # AutoAttack's standard version: p_init 0.8, the p schedule not rescaled to the queries.
+            a = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm="Linf", n_restarts=1,
+                             seed=seed, loss="margin", resc_schedule=False, device="cpu")
+            return a.perturb
+
+        return "fra31/auto-attack", apgd, square
+    except ImportError:
+        import torchattacks
+
+        def apgd(model, eps, steps, seed):
+            return torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed)
+
+        def square(model, eps, queries, seed):
+            return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8,
+                                       loss="margin", resc_schedule=False, seed=seed)
+
+        return f"torchattacks {torchattacks.__version__}", apgd, square
+
+
+def check_autoattack(args, run_copy, model, images, labels, data, rows, name):
+    """(d): APGD-CE and Square in adp and in the reference implementation, on the same images."""
+    n = args.aa_images
+    out_json = os.path.join(run_copy, "eval.json")
+    run(
+        [args.adp, "eval", run_copy, "--attack", "apgd-ce", "--eps", str(args.eps), "--attack", "square", "--eps",
+         str(args.eps), "--steps", str(args.apgd_steps), "--queries", str(args.square_queries), "--limit", str(n),
+         "--seed", str(args.seed), "--no-indicators"] + data
+    )
+    with open(out_json) as f:
+        ours = [100.0 * r["accuracy"] for r in json.load(f)["robust"]]
+    source, apgd, square = reference_attacks()
+    x, y = images[:n], labels[:n]
+    theirs = []
+    for attack in [apgd(model, args.eps, args.apgd_steps, args.seed), square(model, args.eps, args.square_queries, args.seed)]:
+        adv = torch.cat([attack(x[i : i + 250], y[i : i + 250]) for i in range(0, n, 250)])
+        assert (adv - x).abs().max() <= args.eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        theirs.append(accuracy(model, adv, y))
+    names = [f"APGD-CE {args.apgd_steps} iterations", f"Square {args.square_queries} queries"]
+    for label, a, b in zip(names, ours, theirs):
+        p = (a + b) / 200.0
+        tol = 2.0 * math.sqrt(2.0 * p * (1.0 - p) / n)
+        # Compared as counts of images, as in (b).
+        ok = abs(round(a * n / 100) - round(b * n / 100)) <= tol * n + 1e-9
+        rows.append((name, f"{label} eps={args.eps:g}, {n} images: adp / {source}", f"{a:.1f} / {b:.1f}",
+                     f"abs diff <= {100 * tol:.1f}", ok))
+
+
 def check_run(args, run_dir, rows):
     name = os.path.basename(os.path.normpath(run_dir))
     work = tempfile.mkdtemp(prefix=f"adp-interop-{name}-")
     run_copy = os.path.join(work, "run")
     shutil.copytree(run_dir, run_copy, ignore=shutil.ignore_patterns("checkpoint"))
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    n = max(args.images, args.pgd_images)
+    n = max(args.images, args.pgd_images, args.aa_images)
 
     # (a) export in both formats, compare logits.
     pt = os.path.join(work, "adp.pt")
@@ -89,7 +152,7 @@ def check_run(args, run_dir, rows):
     step = args.eps / 10 if args.step_size is None else args.step_size
     out = run(
         [args.adp, "eval", run_copy, "--attack", "pgd", "--eps", str(args.eps), "--steps", str(args.steps),
-         "--step-size", str(step), "--limit", str(p), "--seed", str(args.seed)] + data
+         "--step-size", str(step), "--limit", str(p), "--seed", str(args.seed), "--no-indicators"] + data
     )
     with open(os.path.join(run_copy, "eval.json")) as f:
         report = json.load(f)
@@ -127,6 +190,11 @@ def check_run(args, run_dir, rows):
     _, _, adp_logits = load_reference(back + ".reference.safetensors")
     d = max_diff(twin, images[: args.images], adp_logits)
     rows.append((name, f"import torch.save ({args.torch_steps} Adam steps): max abs logit diff", f"{d:.2e}", f"<= {LOGIT_TOL:g}", d <= LOGIT_TOL))
+
+    # (d) APGD-CE and Square against the authors' implementations.
+    if args.aa_images > 0:
+        model.eval()
+        check_autoattack(args, run_copy, model, images, labels, data, rows, name)
     if not args.keep:
         shutil.rmtree(work)
 
@@ -151,6 +219,9 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--step-size", type=float, help="default eps/10")
     ap.add_argument("--torch-steps", type=int, default=5, help="Adam steps of the torch model for (c)")
+    ap.add_argument("--aa-images", type=int, default=500, help="images attacked by APGD-CE and Square in (d); 0 skips (d)")
+    ap.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE iterations in (d)")
+    ap.add_argument("--square-queries", type=int, default=1000, help="Square queries in (d)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directories")
     args = ap.parse_args()

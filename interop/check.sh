@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Optional end-to-end check of the PyTorch interop (not part of `cargo test`): exports each run,
-# compares logits in PyTorch, runs PGD in adp and torchattacks, and imports torch.save weights.
+# compares logits in PyTorch, runs PGD in adp and torchattacks, imports torch.save weights, and
+# runs APGD-CE and Square in adp and in the AutoAttack authors' code.
 #
-#   bash interop/check.sh [RUN_DIR ...] [--images N] [--pgd-images N] [--eps E] [--data-dir DIR]
+#   bash interop/check.sh [RUN_DIR ...] [--images N] [--pgd-images N] [--aa-images N] [--eps E] [--data-dir DIR]
 #
 # Without a run directory it trains a small CNN run on MNIST first (needs `adp data fetch mnist`).
 # ADP=/path/to/adp uses that binary instead of building one with cargo.
