@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{
     Apgd, Attack, AttackOutput, Classifier, Goal, LinfBudget, Objective, Square, input_gradient,
 };
-use crate::data::{Batcher, Dataset};
+use crate::data::{Batch, Batcher, Dataset};
 
 /// Fraction of the examples above which zero gradients fire [`Failure::ZeroGradients`].
 pub const ZERO_GRADIENT_LIMIT: f64 = 0.01;
@@ -164,12 +164,10 @@ fn accuracy_transferred(
     batch_size: usize,
     device: &Device,
 ) -> f64 {
-    let mut correct = 0;
-    for batch in Batcher::sequential(data, batch_size).iter(device) {
+    fraction_of_batches(data, batch_size, device, |batch| {
         let out = attack.attack(surrogate, batch.images, batch.labels.clone());
-        correct += crate::metrics::count_correct(model.log_probs(out.adversarial), batch.labels);
-    }
-    correct as f64 / data.len() as f64
+        crate::metrics::count_correct(model.log_probs(out.adversarial), batch.labels)
+    })
 }
 
 /// Fraction of `data` still classified correctly after the untargeted `attack`.
@@ -180,12 +178,24 @@ fn accuracy_under(
     batch_size: usize,
     device: &Device,
 ) -> f64 {
-    let mut correct = 0;
-    for batch in Batcher::sequential(data, batch_size).iter(device) {
+    fraction_of_batches(data, batch_size, device, |batch| {
         let out = attack.attack(model, batch.images, batch.labels);
-        correct += out.success.iter().filter(|s| !**s).count();
-    }
-    correct as f64 / data.len() as f64
+        out.success.iter().filter(|s| !**s).count()
+    })
+}
+
+/// The fraction of `data` that `count` finds in its batches, taken in order.
+fn fraction_of_batches(
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+    mut count: impl FnMut(Batch) -> usize,
+) -> f64 {
+    let counted: usize = Batcher::sequential(data, batch_size)
+        .iter(device)
+        .map(&mut count)
+        .sum();
+    counted as f64 / data.len() as f64
 }
 
 /// Measures the indicators at budget `eps` on `data` (untargeted). `reported` is the lowest

@@ -304,21 +304,15 @@ impl EvalReport {
             self.label, self.clean.examples, self.clean.zero_gradient
         ));
         for r in &self.robust {
-            s.push_str(&format!(
-                "{},accuracy,{},{},{},{},{:.6},{}\n",
-                self.label, r.attack, r.eps, r.targeted, r.examples, r.accuracy, r.parameter
-            ));
+            let row = |metric: &str, value: f64| {
+                format!(
+                    "{},{metric},{},{},{},{},{value:.6},{}\n",
+                    self.label, r.attack, r.eps, r.targeted, r.examples, r.parameter
+                )
+            };
+            s.push_str(&row("accuracy", r.accuracy));
             for (i, stage) in r.stages.iter().enumerate() {
-                s.push_str(&format!(
-                    "{},stage_{i}_accuracy,{},{},{},{},{:.6},{}\n",
-                    self.label,
-                    r.attack,
-                    r.eps,
-                    r.targeted,
-                    r.examples,
-                    stage.accuracy,
-                    r.parameter
-                ));
+                s.push_str(&row(&format!("stage_{i}_accuracy"), stage.accuracy));
             }
         }
         s
