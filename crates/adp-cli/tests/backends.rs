@@ -36,13 +36,38 @@ fn wgpu() -> Option<burn::prelude::Device> {
     }
 }
 
-/// Trains 2 CNN members for one epoch on `device` into `name`.
-fn train_on(device: &str, name: &str) -> PathBuf {
+/// Trains 2 CNN members for one epoch into `name`, on the device that `flags` choose
+/// (`--device D` or `--devices D1,D2`).
+fn train_on(flags: &[&str], name: &str) -> PathBuf {
     let out = scratch().join(name);
     let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
-    args.extend(["--device", device]);
+    args.extend(flags);
     adp_ok(&args);
     out
+}
+
+/// The run [`train_on`] trains on flex, shared by the tests that compare other devices with it
+/// (and never evaluated, so that they can read it at once).
+#[cfg(feature = "wgpu")]
+fn flex_run() -> &'static Path {
+    static RUN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| train_on(&["--device", "cpu"], "flex"))
+}
+
+/// Asserts that two runs' training losses agree epoch by epoch to f32 reduction-order rounding.
+#[cfg(feature = "wgpu")]
+fn assert_same_losses(a: &Path, b: &Path) {
+    let history = |r: &Path| std::fs::read_to_string(r.join("history.csv")).unwrap();
+    for (x, y) in losses(a).iter().zip(losses(b)) {
+        assert!(
+            (x - y).abs() <= 1e-3 * x.abs().max(1.0),
+            "loss {x} vs {y}; {}:\n{}{}:\n{}",
+            a.display(),
+            history(a),
+            b.display(),
+            history(b)
+        );
+    }
 }
 
 /// The training losses of every epoch of a run.
@@ -56,15 +81,13 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Evaluates `run` on `device` with FGSM and PGD at ε = 0.1; returns the ensemble's clean error
-/// and the two accuracies.
+/// Evaluates `run` on the device that `flags` choose with FGSM and PGD at ε = 0.1; returns the
+/// ensemble's clean error and the two accuracies.
 #[cfg(feature = "wgpu")]
-fn evaluate(run: &Path, device: &str) -> Vec<f64> {
-    adp_ok(&[
-        "eval",
-        run.to_str().unwrap(),
-        "--device",
-        device,
+fn evaluate(run: &Path, flags: &[&str]) -> Vec<f64> {
+    let mut args = vec!["eval", run.to_str().unwrap()];
+    args.extend(flags);
+    args.extend([
         "--data-dir",
         data().to_str().unwrap(),
         "--no-indicators",
@@ -77,6 +100,7 @@ fn evaluate(run: &Path, device: &str) -> Vec<f64> {
         "--eps",
         "0.1",
     ]);
+    adp_ok(&args);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
     let mut v = vec![report["clean"]["ensemble_error"].as_f64().unwrap()];
@@ -99,25 +123,46 @@ fn wgpu_trains_evaluates_and_attacks_as_flex_does() {
     if wgpu().is_none() {
         return;
     }
-    let flex = train_on("cpu", "flex");
-    let wgpu = train_on("wgpu", "wgpu");
+    let flex = flex_run();
+    let wgpu = train_on(&["--device", "wgpu"], "wgpu");
     // The same seed gives the same initial weights on both (drawn on the CPU), and the same
     // batches; after one epoch of Adam the losses agree to f32 reduction-order rounding.
-    for (a, b) in losses(&flex).iter().zip(losses(&wgpu)) {
-        let history = |r: &Path| std::fs::read_to_string(r.join("history.csv")).unwrap();
-        assert!(
-            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
-            "loss {a} vs {b}; flex:\n{}wgpu:\n{}",
-            history(&flex),
-            history(&wgpu)
-        );
-    }
+    assert_same_losses(flex, &wgpu);
     // The same weights evaluated and attacked on both backends.
-    let on_flex = evaluate(&flex, "cpu");
-    let flex_on_wgpu = evaluate(&flex, "wgpu");
-    for ((a, b), tol) in on_flex.iter().zip(&flex_on_wgpu).zip(TOLERANCE) {
-        assert!((a - b).abs() <= tol, "{on_flex:?} vs {flex_on_wgpu:?}");
+    let on_flex = evaluate(&wgpu, &["--device", "cpu"]);
+    let on_wgpu = evaluate(&wgpu, &["--device", "wgpu"]);
+    assert_close(&on_flex, &on_wgpu);
+}
+
+/// Asserts that two evaluations agree within [`TOLERANCE`].
+#[cfg(feature = "wgpu")]
+fn assert_close(a: &[f64], b: &[f64]) {
+    for ((x, y), tol) in a.iter().zip(b).zip(TOLERANCE) {
+        assert!((x - y).abs() <= tol, "{a:?} vs {b:?}");
     }
+}
+
+/// Member-parallel training and attacks on two real devices: member 0 on flex, member 1 on
+/// wgpu, the loss on flex. One epoch trains as it does with both members on flex, and the run
+/// evaluates and attacks with that placement as it does on flex alone.
+#[cfg(feature = "wgpu")]
+#[test]
+fn member_parallel_training_on_flex_and_wgpu_equals_flex() {
+    if wgpu().is_none() {
+        return;
+    }
+    let parallel = train_on(&["--devices", "cpu,wgpu"], "flex+wgpu");
+    let config: adp::train::TrainConfig =
+        adp::io::read_toml(&parallel.join("config.toml")).unwrap();
+    use adp::device::{DeviceKind, DeviceSpec};
+    let placed = [DeviceKind::Cpu, DeviceKind::Wgpu]
+        .map(DeviceSpec::first)
+        .to_vec();
+    assert_eq!((config.device, config.devices), (DeviceKind::Cpu, placed));
+    assert_same_losses(flex_run(), &parallel);
+    let on_flex = evaluate(&parallel, &["--device", "cpu"]);
+    let placed = evaluate(&parallel, &["--devices", "cpu,wgpu"]);
+    assert_close(&on_flex, &placed);
 }
 
 #[cfg(feature = "tch")]
@@ -145,7 +190,7 @@ fn a_device_not_built_in_names_the_build_that_has_it() {
         (cfg!(feature = "tch"), "tch-cuda", "--features tch"),
         (cfg!(feature = "cuda"), "cuda", "--features cuda"),
     ];
-    let run = train_on("cpu", "for-missing-devices");
+    let run = train_on(&["--device", "cpu"], "for-missing-devices");
     for (built, device, feature) in cases {
         if built {
             continue;
@@ -160,6 +205,71 @@ fn a_device_not_built_in_names_the_build_that_has_it() {
         ]);
         common::assert_one_error(&o, feature, device);
     }
+}
+
+/// A member-parallel run killed after its first epoch resumes to the weights of the
+/// uninterrupted run, bit for bit: each member's Adam state is saved from its device and goes
+/// back to it at the first step after the resume.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_member_parallel_run_resumes_to_the_same_weights() {
+    if wgpu().is_none() {
+        return;
+    }
+    let placed = ["--devices", "cpu,wgpu"];
+    let run = |name: &str, epochs: &str| {
+        let out = scratch().join(name);
+        let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), epochs);
+        args.extend(placed);
+        adp_ok(&args);
+        out
+    };
+    let whole = run("placed-whole", "2");
+    let part = run("placed-part", "1");
+    let config = part.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
+    std::fs::remove_file(part.join("model.safetensors")).unwrap();
+    let o = adp_ok(&["train", "--resume", part.to_str().unwrap()]);
+    assert!(
+        common::stderr(&o).contains("resuming"),
+        "{}",
+        common::stderr(&o)
+    );
+    let weights = |r: &Path| std::fs::read(r.join("model.safetensors")).unwrap();
+    assert!(
+        weights(&whole) == weights(&part),
+        "the resumed member-parallel run's weights differ from the uninterrupted run's"
+    );
+}
+
+/// A placement that cannot work is refused in one line, before the run directory is written:
+/// the peer methods (their input-gradient code runs on one device), and a `config.toml` whose
+/// `devices` does not start with its `device`.
+#[test]
+fn a_member_parallel_placement_that_cannot_work_is_refused_in_one_line() {
+    let out = scratch().join("gal-placed");
+    let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
+    args.extend(["--method", "gal", "--devices", "cpu,cpu"]);
+    common::assert_one_error(
+        &adp(&args),
+        "combines only with ECE and ADP",
+        "gal --devices",
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    let sweep = scratch().join("placed-sweep");
+    std::fs::create_dir_all(&sweep).unwrap();
+    let config = adp::train::TrainConfig {
+        data_dir: data().to_path_buf(),
+        devices: vec!["wgpu".parse().unwrap(), "cpu".parse().unwrap()],
+        ..adp::train::TrainConfig::paper_mnist(adp::train::Method::Ece, 0.0, 0.0)
+    };
+    let file = sweep.join("config.toml");
+    adp::io::write_toml(&file, &config).unwrap();
+    let o = adp(&["train", "--resume", sweep.to_str().unwrap()]);
+    common::assert_one_error(&o, "`devices` in", "devices not starting with device");
+    assert!(common::stderr(&o).contains("must start with a device of `device` (cpu)"));
 }
 
 #[test]
@@ -178,11 +288,13 @@ fn the_gpu_benchmark_stops_at_once_without_a_gpu() {
     assert!(err.contains("no NVIDIA GPU"), "{err}");
 }
 
-/// One forward and backward pass of the same ensemble, from the same weights and batch, on flex
-/// and on wgpu: the ADP loss and every parameter's gradient agree to f32 rounding.
+/// One forward and backward pass of the same ensemble, from the same weights and batch, on flex,
+/// on wgpu, and member-parallel (member 0 on flex, member 1 on wgpu, the loss on flex): the ADP
+/// loss, every parameter's gradient and the gradient with respect to the input (what the attacks
+/// ascend) agree to f32 rounding.
 #[cfg(feature = "wgpu")]
 #[test]
-fn one_step_on_wgpu_equals_flex_in_loss_and_every_gradient() {
+fn one_step_on_wgpu_and_member_parallel_equals_flex_in_loss_and_every_gradient() {
     let Some(wgpu) = wgpu() else { return };
     use adp::loss::{AdpConfig, adp_loss};
     use adp::model::{MemberConfig, ModelKind};
@@ -192,15 +304,31 @@ fn one_step_on_wgpu_equals_flex_in_loss_and_every_gradient() {
 
     struct Grads<'a> {
         grads: &'a burn::optim::GradientsParams,
-        out: Vec<Option<Vec<f32>>>,
+        out: Vec<Option<(Vec<f32>, Device)>>,
     }
     impl ModuleVisitor for Grads<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let g = self.grads.get::<D>(param.id);
-            self.out
-                .push(g.map(|g| g.into_data().try_to_vec::<f32>().unwrap()));
+            self.out.push(g.map(|g| {
+                let device = g.device();
+                (g.into_data().try_to_vec::<f32>().unwrap(), device)
+            }));
         }
     }
+    /// The largest difference between `a` and `b`, relative to the largest |a| or to 1e-3,
+    /// whichever is larger: gradients that vanish in exact arithmetic (ResNet-20's conv biases,
+    /// which a batch norm follows, are about 1e-7 from f32 rounding) are compared absolutely.
+    fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
+    }
+    let flex = Device::flex().autodiff();
+    let wgpu = wgpu.autodiff();
+    let placements = [
+        vec![flex.clone()],
+        vec![wgpu.clone()],
+        vec![flex.clone(), wgpu],
+    ];
     for kind in [ModelKind::Cnn, ModelKind::Resnet20] {
         let spec = ModelSpec {
             members: 2,
@@ -212,50 +340,69 @@ fn one_step_on_wgpu_equals_flex_in_loss_and_every_gradient() {
                 std: vec![0.31],
             },
         };
-        let flex = Device::flex().autodiff();
         flex.seed(3);
         let model = spec.init(&flex);
         let x = Tensor::<4>::random([4, 1, 12, 12], burn::tensor::Distribution::Default, &flex);
         let y = Tensor::<1, Int>::from_ints([0, 1, 2, 3], &flex);
-        let wgpu = wgpu.clone().autodiff();
-        let mut per_device = Vec::new();
-        for device in [&flex, &wgpu] {
-            let m = model.clone().to_device(device);
-            let logits = m.forward(x.clone().to_device(device)).logits;
-            let loss = adp_loss(
-                logits,
-                y.clone().to_device(device),
-                &AdpConfig::new(2.0, 0.5),
+        let mut per_placement = Vec::new();
+        for devices in &placements {
+            let home = &devices[0];
+            let m = model.clone().fork(home).place(devices);
+            let x = x.clone().to_device(home).detach().require_grad();
+            let logits = m.forward(x.clone()).logits;
+            assert_eq!(
+                logits.device(),
+                *home,
+                "the logits come back to the input's device"
             );
+            let loss = adp_loss(logits, y.clone().to_device(home), &AdpConfig::new(2.0, 0.5));
             let value = loss.total.clone().into_scalar::<f32>();
-            let grads = burn::optim::GradientsParams::from_grads(loss.total.backward(), &m);
+            let mut grads = loss.total.backward();
+            let input = x.grad(&grads).unwrap().into_data();
+            let input = input.try_to_vec::<f32>().unwrap();
+            let grads = burn::optim::GradientsParams::from_module(&mut grads, &m);
             let mut v = Grads {
                 grads: &grads,
                 out: Vec::new(),
             };
-            m.visit(&mut v);
-            per_device.push((value, v.out));
+            for (k, member) in m.members.iter().enumerate() {
+                let before = v.out.len();
+                member.visit(&mut v);
+                for g in v.out[before..].iter().flatten() {
+                    assert_eq!(
+                        g.1,
+                        devices[k % devices.len()],
+                        "member {k}'s gradient device"
+                    );
+                }
+            }
+            per_placement.push((value, input, v.out));
         }
-        let (lf, gf) = &per_device[0];
-        let (lw, gw) = &per_device[1];
-        assert!(
-            (lf - lw).abs() < 1e-4 * lf.abs().max(1.0),
-            "{kind:?}: loss {lf} vs {lw}"
-        );
-        assert_eq!(gf.len(), gw.len());
-        for (i, (a, b)) in gf.iter().zip(gw).enumerate() {
-            // Batch norm's running statistics are parameters without a gradient.
-            let (Some(a), Some(b)) = (a, b) else {
-                assert_eq!(a.is_some(), b.is_some(), "{kind:?}: parameter {i}");
-                continue;
-            };
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        let (lf, xf, gf) = &per_placement[0];
+        for (name, (l, xg, g)) in ["wgpu", "flex+wgpu"].iter().zip(&per_placement[1..]) {
             assert!(
-                diff <= 1e-3 * scale,
-                "{kind:?}: parameter {i} of {}: gradient differs by {diff} (max |g| {scale})",
-                gf.len()
+                (lf - l).abs() < 1e-4 * lf.abs().max(1.0),
+                "{kind:?} on {name}: loss {lf} vs {l}"
             );
+            let gap = relative_gap(xf, xg);
+            assert!(
+                gap <= 1e-3,
+                "{kind:?} on {name}: input gradient differs by {gap}"
+            );
+            assert_eq!(gf.len(), g.len());
+            for (i, (a, b)) in gf.iter().zip(g).enumerate() {
+                // Batch norm's running statistics are parameters without a gradient.
+                let (Some((a, _)), Some((b, _))) = (a, b) else {
+                    assert_eq!(a.is_some(), b.is_some(), "{kind:?}: parameter {i}");
+                    continue;
+                };
+                let gap = relative_gap(a, b);
+                assert!(
+                    gap <= 1e-3,
+                    "{kind:?} on {name}: parameter {i} of {}: gradient differs by {gap} of max |g|",
+                    gf.len()
+                );
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use std::cell::Cell;
 
 use crate::attack::{AttackKind, AttackSpec, Classifier, Goal, Victim, input_gradient};
 use crate::data::Batch;
-use crate::device::DeviceKind;
+use crate::device::{DeviceKind, DeviceSpec};
 use crate::loss::AdpConfig;
 use crate::model::{Ensemble, MemberConfig, ModelKind};
 use crate::train::train_step;
@@ -37,6 +37,10 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Device.
     pub device: DeviceKind,
+    /// Member-parallel placement (member k on `devices[k mod n]`, the batch and the loss on the
+    /// first); empty measures on `device` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
     /// Attacks whose throughput to measure (on the first K of `members` only).
     #[serde(default)]
     pub attacks: Vec<AttackKind>,
@@ -170,7 +174,9 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
         config.members.iter().all(|&k| k >= 2),
         "`members` must all be at least 2"
     );
-    let device = config.device.device()?;
+    let placement = crate::device::placement(config.device, &config.devices)?;
+    let placed_ad: Vec<Device> = placement.iter().map(|d| d.clone().autodiff()).collect();
+    let device = placement[0].clone();
     let ad = device.clone().autodiff();
     // One tiny op so that a backend that loads its libraries lazily has done so.
     let _ = Tensor::<1>::zeros([1], &device).into_data();
@@ -198,7 +204,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
                 ("train ADP", AdpConfig::new(2.0, 0.5)),
             ] {
                 reset_peak_rss();
-                let mut ensemble = Some(Ensemble::new(&mc, k, &ad));
+                let mut ensemble = Some(Ensemble::new(&mc, k, &ad).place(&placed_ad));
                 let mut optims: Vec<ModuleOptimizer> =
                     (0..k).map(|_| AdamConfig::new().init()).collect();
                 let (lrs, frozen) = (vec![1e-3; k], vec![false; k]);
@@ -214,7 +220,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
                 push(task, seconds, n);
             }
             reset_peak_rss();
-            let ensemble = Ensemble::new(&mc, k, &device).valid();
+            let ensemble = Ensemble::new(&mc, k, &device).valid().place(&placement);
             let batch = random_batch(&mc, n, &device);
             let seconds = time(config.warmup, config.steps, || {
                 let _ = ensemble
@@ -263,7 +269,13 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
         }
     }
     Ok(BenchReport {
-        device: format!("{:?} ({:?})", config.device, device),
+        device: match config.devices.as_slice() {
+            [] => format!("{:?} ({:?})", config.device, device),
+            specs => {
+                let names: Vec<String> = specs.iter().map(ToString::to_string).collect();
+                format!("member-parallel on {}", names.join(","))
+            }
+        },
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         baseline_rss_mib,
         config: config.clone(),
@@ -324,6 +336,7 @@ mod tests {
             warmup: 0,
             steps: 1,
             device: DeviceKind::Cpu,
+            devices: Vec::new(),
             attacks: vec![AttackKind::Fgsm, AttackKind::Pgd],
             attack_steps: 3,
         };

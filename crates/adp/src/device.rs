@@ -1,4 +1,5 @@
-//! Run-time choice of the device, and so of the burn backend: `--device cpu|tch|cuda|wgpu`.
+//! Run-time choice of the device, and so of the burn backend: `--device cpu|tch|cuda|wgpu`, and
+//! of the devices of a member-parallel placement: `--devices cpu,wgpu` or `tch-cuda:0,tch-cuda:1`.
 
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,124 @@ pub enum DeviceKind {
     TchCuda,
 }
 
+/// One device of a member-parallel placement (`--devices`): a backend and, for the CUDA
+/// backends, which GPU. Written `cpu`, `wgpu`, `tch`, `cuda:1` or `tch-cuda:3` (no index is
+/// GPU 0), on the command line and in `config.toml` alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The backend.
+    pub kind: DeviceKind,
+    /// The GPU's index among those `CUDA_VISIBLE_DEVICES` shows; 0 for the other backends.
+    pub index: usize,
+}
+
+impl DeviceSpec {
+    /// GPU 0, or the only device, of `kind`.
+    pub fn first(kind: DeviceKind) -> Self {
+        Self { kind, index: 0 }
+    }
+
+    /// Creates the device, or explains which cargo feature to build with or which GPU is
+    /// missing.
+    pub fn device(self) -> anyhow::Result<Device> {
+        match (self.kind, self.index) {
+            (kind, 0) => kind.device(),
+            #[cfg(feature = "cuda")]
+            (DeviceKind::Cuda, i) => Ok(Device::cuda(i)),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            (DeviceKind::TchCuda, i) => {
+                let n = tch::Cuda::device_count().max(0) as usize;
+                anyhow::ensure!(
+                    i < n,
+                    "device tch-cuda:{i}: libtorch finds {n} CUDA GPU(s), numbered from 0; {}",
+                    if n == 0 {
+                        why_no_cuda()
+                    } else {
+                        "check CUDA_VISIBLE_DEVICES"
+                    }
+                );
+                Ok(Device::libtorch_cuda(i))
+            }
+            (DeviceKind::Cuda | DeviceKind::TchCuda, _) => self.kind.device(),
+            (kind, i) => anyhow::bail!(
+                "device {}:{i}: only the CUDA backends (cuda, tch-cuda) take a GPU index; write `{}`",
+                kind.name(),
+                kind.name()
+            ),
+        }
+    }
+}
+
+/// The devices of a placement, member k on entry k mod n: `devices`, or `device` alone where
+/// `devices` is empty. The first is the primary device (the data, the loss, the ensemble's
+/// output). Every device is created here, so that a missing one fails before any work.
+pub fn placement(device: DeviceKind, devices: &[DeviceSpec]) -> anyhow::Result<Vec<Device>> {
+    match devices {
+        [] => Ok(vec![device.device()?]),
+        specs => specs.iter().map(|d| d.device()).collect(),
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            0 => f.write_str(self.kind.name()),
+            i => write!(f, "{}:{i}", self.kind.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, index) = match s.split_once(':') {
+            None => (s, 0),
+            Some((name, i)) => (
+                name,
+                i.parse()
+                    .map_err(|_| format!("`{s}`: the GPU index after `:` must be a number"))?,
+            ),
+        };
+        let kind = DeviceKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = DeviceKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "`{s}`: unknown device `{name}`; one of {}",
+                    names.join(", ")
+                )
+            })?;
+        Ok(Self { kind, index })
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl DeviceKind {
+    /// Every device kind, in the order of `--help`.
+    pub const ALL: [DeviceKind; 5] = [
+        DeviceKind::Cpu,
+        DeviceKind::Cuda,
+        DeviceKind::Wgpu,
+        DeviceKind::Tch,
+        DeviceKind::TchCuda,
+    ];
+
     /// Creates the device, or explains which cargo feature to build with.
     pub fn device(self) -> anyhow::Result<Device> {
         match self {
@@ -142,16 +260,46 @@ fn why_no_cuda() -> &'static str {
     }
 }
 
-#[cfg(all(test, not(feature = "tch")))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_device_not_compiled_in_names_its_build_command() {
-        let err = DeviceKind::Tch.device().unwrap_err().to_string();
+    fn a_device_spec_reads_and_writes_kind_and_gpu_index() {
+        for (text, kind, index) in [
+            ("cpu", DeviceKind::Cpu, 0),
+            ("wgpu", DeviceKind::Wgpu, 0),
+            ("tch-cuda:3", DeviceKind::TchCuda, 3),
+            ("cuda:1", DeviceKind::Cuda, 1),
+        ] {
+            let spec: DeviceSpec = text.parse().unwrap();
+            assert_eq!(spec, DeviceSpec { kind, index }, "{text}");
+            assert_eq!(spec.to_string(), text);
+        }
+        assert_eq!("cuda:0".parse::<DeviceSpec>().unwrap().to_string(), "cuda");
+        let err = "gpu".parse::<DeviceSpec>().unwrap_err();
         assert!(
-            err.contains("LIBTORCH_USE_PYTORCH=1") && err.contains("--features tch"),
+            err.contains("unknown device `gpu`") && err.contains("tch-cuda"),
             "{err}"
         );
+        let err = "cuda:x".parse::<DeviceSpec>().unwrap_err();
+        assert!(err.contains("must be a number"), "{err}");
+        let err = "cpu:1".parse::<DeviceSpec>().unwrap().device().unwrap_err();
+        assert!(err.to_string().contains("only the CUDA backends"), "{err}");
+    }
+
+    #[cfg(not(feature = "tch"))]
+    #[test]
+    fn a_device_not_compiled_in_names_its_build_command() {
+        for spec in [
+            DeviceSpec::first(DeviceKind::Tch),
+            "tch-cuda:1".parse().unwrap(),
+        ] {
+            let err = spec.device().unwrap_err().to_string();
+            assert!(
+                err.contains("LIBTORCH_USE_PYTORCH=1") && err.contains("--features tch"),
+                "{err}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use adp::attack::AttackKind;
-use adp::device::DeviceKind;
+use adp::device::{DeviceKind, DeviceSpec};
 use adp::model::ModelKind;
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Device (backend).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    /// Member-parallel placement D1,D2,… (member k on device k mod n; instead of --device), as
+    /// `adp train --devices`.
+    #[arg(long, value_delimiter = ',', num_args = 1, conflicts_with = "device")]
+    pub devices: Vec<DeviceSpec>,
     /// Also write the measurements as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -47,7 +51,8 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         batch_size: a.batch_size,
         warmup: a.warmup,
         steps: a.steps,
-        device: a.device,
+        device: a.devices.first().map_or(a.device, |d| d.kind),
+        devices: a.devices,
         attacks: a.attacks,
         attack_steps: a.attack_steps,
     };

@@ -10,7 +10,7 @@ use clap::ArgMatches;
 
 use adp::attack::{AttackKind, AttackSpec, DecisionRule, Objective};
 use adp::data::{Split, load_dataset};
-use adp::device::DeviceKind;
+use adp::device::{DeviceKind, DeviceSpec};
 use adp::train::TrainConfig;
 use adp::train::checkpoint::load_run;
 
@@ -174,6 +174,11 @@ pub struct TestSet {
     /// Device (backend).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    /// Member-parallel placement D1,D2,… (cpu, wgpu, tch, cuda:I, tch-cuda:I): member k runs on
+    /// device k mod n; the data, the ensemble's output and the attacks' steps are on D1
+    /// (instead of --device).
+    #[arg(long, value_delimiter = ',', num_args = 1, conflicts_with = "device")]
+    pub devices: Vec<DeviceSpec>,
 }
 
 /// A trained run in evaluation mode and (the first `limit` of) its test set.
@@ -185,8 +190,10 @@ pub struct Loaded {
 
 pub fn load_for_eval(run: &Path, on: &TestSet) -> Result<(Loaded, burn::prelude::Device)> {
     ensure!(on.batch_size >= 1, "--batch-size must be at least 1");
-    let device = on.device.device()?;
+    let placement = adp::device::placement(on.device, &on.devices)?;
+    let device = placement[0].clone();
     let (_, model) = load_run(run, &device)?;
+    let model = model.place(&placement);
     let config: TrainConfig = adp::io::read_toml(&run.join("config.toml"))?;
     let data_dir = on.data_dir.clone().unwrap_or(config.data_dir.clone());
     let mut test = load_dataset(&data_dir, config.dataset, Split::Test)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 
 use adp::data::{DatasetKind, Normalization};
-use adp::device::DeviceKind;
+use adp::device::{DeviceKind, DeviceSpec};
 use adp::loss::{AdpConfig, Diversity};
 use adp::model::ModelKind;
 use adp::train::adversarial::{AdvAttack, AdvTrainConfig};
@@ -90,6 +90,11 @@ pub struct TrainArgs {
     /// Device (backend) to train on.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    /// Member-parallel training on D1,D2,… (cpu, wgpu, tch, cuda:I, tch-cuda:I): member k, its
+    /// gradients and its Adam state on device k mod n; the batches, the loss and the ensemble's
+    /// output on D1 (instead of --device). ECE and ADP only.
+    #[arg(long, value_delimiter = ',', num_args = 1, conflicts_with = "device")]
+    pub devices: Vec<DeviceSpec>,
     /// Run directory to create.
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
@@ -144,7 +149,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             eps_min: a.adv_eps[0],
             eps_max: a.adv_eps[1],
         }),
-        device: a.device,
+        device: a.devices.first().map_or(a.device, |d| d.kind),
+        devices: a.devices,
         imported_from: None,
     };
     let out = a.out.expect("clap requires --out without --resume");

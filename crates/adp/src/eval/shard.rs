@@ -172,12 +172,20 @@ fn flags(b: &[bool]) -> String {
     b.iter().map(|&x| if x { '1' } else { '0' }).collect()
 }
 
-fn verdict_chars(v: &[Verdict]) -> String {
+/// One character per example: `c` (misclassified clean), `r` (robust) or the decimal digit of
+/// the cascade stage that broke it; a cascade of more than 10 stages is refused, since its
+/// verdicts would not fit one digit.
+fn verdict_chars(v: &[Verdict]) -> Result<String> {
     v.iter()
         .map(|v| match v {
-            Verdict::Clean => 'c',
-            Verdict::Robust => 'r',
-            Verdict::BrokenBy(s) => char::from_digit(*s as u32, 36).expect("at most 36 stages"),
+            Verdict::Clean => Ok('c'),
+            Verdict::Robust => Ok('r'),
+            Verdict::BrokenBy(s) => char::from_digit(*s as u32, 10).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a sharded evaluation records at most 10 cascade stages, found stage {s}; \
+                     evaluate this cascade without --shard"
+                )
+            }),
         })
         .collect()
 }
@@ -187,7 +195,7 @@ fn unverdict_chars(s: &str, stages: usize, file: &Path) -> Result<Vec<Verdict>> 
         .map(|c| match c {
             'c' => Ok(Verdict::Clean),
             'r' => Ok(Verdict::Robust),
-            d => match d.to_digit(36) {
+            d => match d.to_digit(10) {
                 Some(i) if (i as usize) < stages => Ok(Verdict::BrokenBy(i as usize)),
                 _ => bail!(
                     "{}: a verdict must be c, r or a stage below {stages}, found {d:?}; the file \
@@ -281,7 +289,7 @@ pub fn evaluate_shard(
             runs.push(PartialRun {
                 success: flags(&set.success),
                 correct: flags(&set.ensemble_correct),
-                verdicts: verdict_chars(&set.verdicts),
+                verdicts: verdict_chars(&set.verdicts)?,
                 seconds: set.seconds,
             });
         }
@@ -523,10 +531,16 @@ mod tests {
             Verdict::BrokenBy(3),
         ];
         let file = Path::new("partial.json");
-        assert_eq!(verdict_chars(&v), "c0r3");
+        assert_eq!(verdict_chars(&v).unwrap(), "c0r3");
         assert_eq!(unverdict_chars("c0r3", 4, file).unwrap(), v);
         let err = unverdict_chars("c0r3", 3, file).unwrap_err().to_string();
         assert!(err.starts_with("partial.json: a verdict must be"), "{err}");
         assert!(unverdict_chars("c?", 4, file).is_err());
+        // Stages 12 and 27 would be `c` and `r` in base 36: more than 10 stages are refused.
+        let err = verdict_chars(&[Verdict::BrokenBy(12)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 10 cascade stages"), "{err}");
+        assert_eq!(verdict_chars(&[Verdict::BrokenBy(9)]).unwrap(), "9");
     }
 }

@@ -3,7 +3,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 
-use super::{Member, MemberConfig};
+use super::{Member, MemberConfig, moved};
 
 /// K classifiers trained together.
 #[derive(Module, Debug)]
@@ -64,19 +64,72 @@ impl Ensemble {
         self.members.is_empty()
     }
 
-    /// Runs every member on `x` (pixels in `[0, 1]`).
+    /// Runs every member on `x` (pixels in `[0, 1]`); the logits are on the device of `x`.
     pub fn forward(&self, x: Tensor<4>) -> EnsembleOutput {
-        let logits = self.members.iter().map(|m| m.forward(x.clone())).collect();
         EnsembleOutput {
-            logits: Tensor::stack(logits, 1),
+            logits: Tensor::stack(self.on_members(x, Member::forward_local), 1),
         }
     }
 
     /// Every member's final hidden features on `x`, `[batch, K, D]` (members share one
     /// architecture, so one D): the inputs of the t-SNE panels of the paper's Fig. 2.
     pub fn features(&self, x: Tensor<4>) -> Tensor<3> {
-        let features = self.members.iter().map(|m| m.features(x.clone())).collect();
-        Tensor::stack(features, 1)
+        Tensor::stack(self.on_members(x, Member::features_local), 1)
+    }
+
+    /// Member k moved to `devices[k mod n]` (member-parallel placement): each member's forward
+    /// pass, its gradients and its optimizer state then live on its own device, while the
+    /// ensemble's inputs and outputs, and so the loss (Eq. 5), stay on the device of the input.
+    /// Every device must have the autodiff setting of the model (a trainable model needs
+    /// autodiff devices). The members become leaves of their devices' graphs (`fork`), so they
+    /// train there.
+    ///
+    /// # Panics
+    ///
+    /// If `devices` is empty.
+    pub fn place(self, devices: &[Device]) -> Self {
+        assert!(!devices.is_empty(), "a placement needs at least one device");
+        Self {
+            members: self
+                .members
+                .into_iter()
+                .enumerate()
+                .map(|(k, m)| {
+                    let to = &devices[k % devices.len()];
+                    if m.device() == *to { m } else { m.fork(to) }
+                })
+                .collect(),
+        }
+    }
+
+    /// `f` applied to each member on its own device, in three phases so that members on
+    /// different GPUs overlap: the input moves to every device the members use, every member's
+    /// work is queued on its device, and only then are the outputs brought back to the device of
+    /// `x` (a move waits for its device to finish).
+    fn on_members(
+        &self,
+        x: Tensor<4>,
+        f: impl Fn(&Member, Tensor<4>) -> Tensor<2>,
+    ) -> Vec<Tensor<2>> {
+        let home = x.device();
+        let mut moves: Vec<(Device, Tensor<4>)> = Vec::new();
+        let inputs: Vec<Tensor<4>> = self
+            .members
+            .iter()
+            .map(|m| {
+                let own = m.device();
+                if let Some((_, t)) = moves.iter().find(|(d, _)| *d == own) {
+                    return t.clone();
+                }
+                let t = moved(x.clone(), &own);
+                moves.push((own, t.clone()));
+                t
+            })
+            .collect();
+        let outputs: Vec<Tensor<2>> = (self.members.iter().zip(inputs))
+            .map(|(m, x)| f(m, x))
+            .collect();
+        outputs.into_iter().map(|z| moved(z, &home)).collect()
     }
 }
 

@@ -100,29 +100,63 @@ impl Member {
         }
     }
 
-    /// Logits `[batch, classes]` for pixels `[batch, c, h, w]` in `[0, 1]`.
+    /// Logits `[batch, classes]` for pixels `[batch, c, h, w]` in `[0, 1]`, on the device of
+    /// `x` whichever device the member is placed on ([`Ensemble::place`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let home = x.device();
+        moved(self.forward_local(moved(x, &self.device())), &home)
+    }
+
+    /// The final hidden features `[batch, D]`, the input of the last linear layer (D = 128 for
+    /// the CNN, 64 for ResNet-20): what the paper's Fig. 2 visualises with t-SNE. On the device
+    /// of `x`, as [`Self::forward`].
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let home = x.device();
+        moved(self.features_local(moved(x, &self.device())), &home)
+    }
+
+    /// [`Self::forward`] for an `x` already on the member's device; the logits stay there.
+    pub(crate) fn forward_local(&self, x: Tensor<4>) -> Tensor<2> {
         match self {
             Member::Cnn(m) => m.forward(x),
             Member::ResNet(m) => m.forward(x),
         }
     }
 
-    /// The final hidden features `[batch, D]`, the input of the last linear layer (D = 128 for
-    /// the CNN, 64 for ResNet-20): what the paper's Fig. 2 visualises with t-SNE.
-    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+    /// [`Self::features`] for an `x` already on the member's device; the features stay there.
+    pub(crate) fn features_local(&self, x: Tensor<4>) -> Tensor<2> {
         match self {
             Member::Cnn(m) => m.features(x),
             Member::ResNet(m) => m.features(x),
         }
     }
 
-    /// Sum of squared convolution kernels, the Keras `l2` kernel regulariser of the official code.
+    /// The device the member's parameters live on.
+    pub fn device(&self) -> Device {
+        self.devices()
+            .into_iter()
+            .next()
+            .expect("a member has parameters")
+    }
+
+    /// Sum of squared convolution kernels, the Keras `l2` kernel regulariser of the official
+    /// code, on the member's own device.
     pub fn conv_l2(&self) -> Tensor<1> {
         match self {
             Member::Cnn(m) => m.conv_l2(),
             Member::ResNet(m) => m.conv_l2(),
         }
+    }
+}
+
+/// `t` on `device`: a differentiable move (burn's autodiff sends the gradient back), or `t`
+/// itself where it is already there, so that an ensemble on one device makes no move and adds no
+/// node to the graph.
+pub(crate) fn moved<const D: usize>(t: Tensor<D>, device: &Device) -> Tensor<D> {
+    if t.device() == *device {
+        t
+    } else {
+        t.to_device(device)
     }
 }
 

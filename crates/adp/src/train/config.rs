@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::adversarial::AdvTrainConfig;
 use super::{dverge, gal, peers, trs};
 use crate::data::{DatasetKind, Normalization};
-use crate::device::DeviceKind;
+use crate::device::{DeviceKind, DeviceSpec};
 use crate::loss::{AdpConfig, Diversity};
 use crate::model::{MAX_MEMBERS, ModelKind};
 
@@ -106,8 +106,14 @@ pub struct TrainConfig {
     /// clean images only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adv_train: Option<AdvTrainConfig>,
-    /// Device to train on.
+    /// Device to train on: with `devices`, the device of the loss, the data and the ensemble's
+    /// output, which must then be the first of `devices`.
     pub device: DeviceKind,
+    /// Member-parallel placement: member k trains on `devices[k mod n]`, where its forward pass,
+    /// its gradients and its optimizer state live (`["tch-cuda:0", "tch-cuda:1"]`); empty places
+    /// every member on `device`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
     /// The PyTorch file the weights came from, for a run written by `adp import` (such a run is
     /// evaluated and attacked but never trained: its other fields only say which data set it
     /// belongs to).
@@ -143,6 +149,7 @@ impl TrainConfig {
             normalize: Normalization::MeanStd,
             adv_train: None,
             device: DeviceKind::Cpu,
+            devices: Vec::new(),
             imported_from: None,
         }
     }
@@ -301,12 +308,26 @@ impl TrainConfig {
             peers::Objective::Trs(t) => section(t.validate(), "trs")?,
             _ => {}
         }
+        if let Some(first) = self.devices.first() {
+            ensure!(
+                first.kind == self.device,
+                "{} must start with a device of `device` ({}), the backend the loss runs on; got {first}",
+                field("devices"),
+                self.device.name(),
+            );
+            ensure!(
+                !peer || self.devices.len() == 1,
+                "{} (member-parallel placement) combines only with ECE and ADP: GAL, DVERGE and TRS \
+                 differentiate through the members' input gradients on one device; train them with `device`",
+                field("devices")
+            );
+        }
         section(self.adp.validate(), "adp")
     }
 
     /// This configuration with the training schedule of `other`: `epochs`, `batch_size`, the
     /// learning rates (`lr`, `lr_drops`, `lr_drop_factor`, `member_lr`), `freeze`, `l2`,
-    /// `device` and `data_dir`. A resume may change these (to train longer, say); everything else
+    /// `device`, `devices` and `data_dir`. A resume may change these (to train longer, say); everything else
     /// defines the model, its data or its objective and must match the checkpoint.
     pub fn with_schedule_of(&self, other: &TrainConfig) -> TrainConfig {
         TrainConfig {
@@ -319,6 +340,7 @@ impl TrainConfig {
             freeze: other.freeze.clone(),
             l2: other.l2,
             device: other.device,
+            devices: other.devices.clone(),
             data_dir: other.data_dir.clone(),
             ..self.clone()
         }

@@ -81,7 +81,8 @@ pub(crate) fn descend(
     let mut total = loss;
     if l2 > 0.0 {
         for (m, _) in model.members.iter().zip(frozen).filter(|(_, f)| !**f) {
-            total = total + m.conv_l2().mul_scalar(l2);
+            let penalty = crate::model::moved(m.conv_l2(), &total.device());
+            total = total + penalty.mul_scalar(l2);
         }
     }
     let value = total.clone().into_scalar::<f32>() as f64;

@@ -70,7 +70,13 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
     } else {
         config.validate()?;
     }
-    let device = config.device.device()?;
+    // Member k's device (all of them `device` without a placement), created before anything is
+    // written so that a missing one fails the run at once; the first is the loss's.
+    let placement: Vec<_> = crate::device::placement(config.device, &config.devices)?
+        .into_iter()
+        .map(|d| d.autodiff())
+        .collect();
+    let device = placement[0].clone().without_autodiff();
     let data = load_train_data(config)?;
     let spec = ModelSpec {
         members: config.members,
@@ -123,7 +129,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
     {
         model = dverge::start_from(&from, &spec, &ad)?;
     }
-    model = apply_frozen(model, &state.frozen);
+    model = apply_frozen(model.place(&placement), &state.frozen);
 
     let objective = config.objective();
     while state.epoch < config.epochs && state.frozen.iter().any(|f| !f) {
