@@ -423,10 +423,56 @@ fn missing_overlapping_and_mismatched_shards_are_refused() {
         let o = adp(&quick_args(&run, &["--shard", bad]));
         assert_one_error(&o, expected, bad);
     }
-    let o = adp(&[
-        "eval", r, "--attack", "fgsm", "--eps", "0.1", "--shard", "0/2",
-    ]);
-    assert_one_error(&o, "add --no-indicators", "a shard with indicators");
+    // A shard with the indicators belongs to another evaluation than one without.
+    std::fs::remove_dir_all(run.join("eval-shards/1-of-2")).unwrap();
+    let mut with_indicators = quick_args(&run, &["--shard", "1/2", "--steps", "1"]);
+    with_indicators.retain(|a| *a != "--no-indicators");
+    adp_ok(&[with_indicators.as_slice(), &["--queries", "2"]].concat());
+    let o = adp(&["merge", r]);
+    assert_one_error(
+        &o,
+        "different evaluations",
+        "shards with and without indicators",
+    );
+}
+
+/// The indicators of a sharded evaluation (Square, random noise, the ε sweep, zero gradients)
+/// add up to those of the unsharded one: each batch reseeds every indicator attack from its
+/// place in the test set.
+#[test]
+fn merged_shards_give_the_unsharded_indicators() {
+    let run = run_copy("merge-indicators");
+    let eval = [
+        "eval",
+        run.to_str().unwrap(),
+        "--limit",
+        "100",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "3",
+        "--queries",
+        "10",
+        "--batch-size",
+        "25",
+    ];
+    adp_ok(&eval);
+    let whole = json_without_timings(&run.join("eval.json"));
+    let indicators = whole["indicators"].as_array().unwrap();
+    assert_eq!(indicators.len(), 1, "{whole}");
+    assert_eq!(indicators[0]["examples"], 100);
+    for shard in ["0/2", "1/2"] {
+        adp_ok(&[&eval[..], &["--shard", shard]].concat());
+    }
+    let o = adp_ok(&["merge", run.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("indicators at ε = 0.1"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(json_without_timings(&run.join("eval.json")), whole);
 }
 
 #[test]

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, ensure};
 use clap::ArgMatches;
 
 use adp::attack::AttackSpec;
-use adp::eval::indicators::{Failure, IndicatorSettings, Indicators, indicators};
+use adp::eval::indicators::{
+    Failure, IndicatorSettings, Indicators, indicator_budgets, indicators, reported_accuracy,
+};
 use adp::eval::{EvalReport, clean, robust};
 
 use super::common::{AttackList, AttackParams, Loaded, TestSet, load_for_eval};
@@ -159,38 +161,16 @@ fn measure_indicators(
     test: &adp::data::Dataset,
     device: &burn::prelude::Device,
 ) -> Result<Vec<Indicators>> {
-    let settings = IndicatorSettings {
-        apgd_iterations: a
-            .params
-            .steps
-            .unwrap_or(IndicatorSettings::default().apgd_iterations),
-        square_queries: a
-            .params
-            .queries
-            .unwrap_or(IndicatorSettings::default().square_queries),
-    };
-    let mut budgets: Vec<f64> = specs
-        .iter()
-        .filter(|s| s.kind.main_parameter() == adp::attack::MainParameter::Eps && s.eps > 0.0)
-        .map(|s| s.eps)
-        .collect();
-    budgets.sort_by(f64::total_cmp);
-    budgets.dedup();
+    let settings = indicator_settings(a);
     let surrogate = match &a.surrogate {
         Some(dir) => Some(load_surrogate(dir, &a.run, test, device)?),
         None => None,
     };
     let surrogate = surrogate.as_ref().map(adp::attack::Victim::ensemble);
     let victim = adp::attack::Victim::ensemble(model);
-    budgets
+    indicator_budgets(specs)
         .into_iter()
         .map(|eps| {
-            let reported = specs
-                .iter()
-                .zip(&report.robust)
-                .filter(|(s, r)| s.eps == eps && s.kind.gradient_only() && !r.targeted)
-                .map(|(_, r)| r.accuracy)
-                .reduce(f64::min);
             indicators(
                 &victim,
                 surrogate
@@ -198,7 +178,7 @@ fn measure_indicators(
                     .map(|s| s as &dyn adp::attack::Classifier),
                 test,
                 eps,
-                reported,
+                reported_accuracy(specs, &report.robust, eps),
                 &settings,
                 a.on.batch_size,
                 a.on.seed,
@@ -208,8 +188,17 @@ fn measure_indicators(
         .collect()
 }
 
+/// The indicators' APGD-CE iterations (`--steps`) and Square queries (`--queries`).
+pub(super) fn indicator_settings(a: &EvalArgs) -> IndicatorSettings {
+    let default = IndicatorSettings::default();
+    IndicatorSettings {
+        apgd_iterations: a.params.steps.unwrap_or(default.apgd_iterations),
+        square_queries: a.params.queries.unwrap_or(default.square_queries),
+    }
+}
+
 /// The surrogate run of `--surrogate`, in evaluation mode; it must classify the images of `run`.
-fn load_surrogate(
+pub(super) fn load_surrogate(
     dir: &Path,
     run: &Path,
     test: &adp::data::Dataset,
@@ -230,7 +219,7 @@ fn load_surrogate(
 }
 
 /// The indicators' summary line and one line per indicator that fired, with what to run next.
-fn indicator_lines(run: &Path, ind: &Indicators) -> Vec<String> {
+pub(super) fn indicator_lines(run: &Path, ind: &Indicators) -> Vec<String> {
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
     let eps = ind.eps;
     let run = run.display();

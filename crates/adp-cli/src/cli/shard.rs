@@ -11,7 +11,7 @@ use adp::eval::shard::{
 };
 
 /// Combine the partial results of `adp eval RUN --shard i/n` (all n of them) into RUN/eval.json
-/// and eval.csv, equal to an unsharded `adp eval --no-indicators`.
+/// and eval.csv, equal to an unsharded `adp eval` with the same options.
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
     /// Run directories whose shards to merge.
@@ -19,17 +19,19 @@ pub struct MergeArgs {
     pub runs: Vec<PathBuf>,
 }
 
-/// `adp eval` of one shard: the clean counts and every attack on the shard's slice, saved to
-/// RUN/eval-shards/I-of-N/partial.json.
+/// `adp eval` of one shard: the clean counts, every attack and the indicators' counts on the
+/// shard's slice, saved to RUN/eval-shards/I-of-N/partial.json.
 pub fn run_eval_shard(a: super::eval::EvalArgs, m: &ArgMatches, shard: Shard) -> Result<()> {
     let specs = a.attacks.specs(&a.params, m)?;
     ensure!(a.seeds >= 1, "--seeds must be at least 1");
-    ensure!(
-        a.no_indicators,
-        "--shard measures clean and robust accuracy only; add --no-indicators (the indicators \
-         are not sharded)"
-    );
     let (loaded, device) = super::common::load_for_eval(&a.run, &a.on)?;
+    let surrogate = match (&a.surrogate, a.no_indicators) {
+        (Some(dir), false) => Some((
+            super::eval::load_surrogate(dir, &a.run, &loaded.test, &device)?,
+            weights_sha256(dir)?,
+        )),
+        _ => None,
+    };
     let key = EvalKey {
         label: loaded.config.label(),
         weights_sha256: weights_sha256(&a.run)?,
@@ -41,9 +43,12 @@ pub fn run_eval_shard(a: super::eval::EvalArgs, m: &ArgMatches, shard: Shard) ->
             seeds: a.seeds,
             seed: a.on.seed,
             batch_size: a.on.batch_size,
+            indicators: (!a.no_indicators).then(|| super::eval::indicator_settings(&a)),
+            surrogate_sha256: surrogate.as_ref().map(|(_, sha)| sha.clone()),
         },
     };
-    let part = evaluate_shard(&loaded.model, &loaded.test, key, shard, &device)
+    let surrogate = surrogate.as_ref().map(|(model, _)| model);
+    let part = evaluate_shard(&loaded.model, surrogate, &loaded.test, key, shard, &device)
         .with_context(|| format!("shard {shard} of {}", a.run.display()))?;
     let path = save_partial(&a.run, &part)?;
     println!(
@@ -67,6 +72,11 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
             "{}",
             adp::report::comparison_markdown(std::slice::from_ref(&report))
         );
+        for ind in &report.indicators {
+            for line in super::eval::indicator_lines(run, ind) {
+                println!("{line}");
+            }
+        }
         report.save(run).with_context(|| {
             format!(
                 "the merged results were not saved to {}",

@@ -25,8 +25,10 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 
+use super::{RobustResult, batch_seed};
 use crate::attack::{
-    Apgd, Attack, AttackOutput, Classifier, Goal, LinfBudget, Objective, Square, input_gradient,
+    Apgd, Attack, AttackOutput, AttackSpec, Classifier, Goal, LinfBudget, MainParameter, Objective,
+    Square, input_gradient,
 };
 use crate::data::{Batch, Batcher, Dataset};
 
@@ -154,54 +156,216 @@ pub fn zero_gradients(model: &dyn Classifier, images: &Tensor<4>, labels: Tensor
         .count()
 }
 
-/// Fraction of `data` that `model` still classifies correctly on the untargeted `attack`'s
-/// examples crafted on `surrogate` (transferred).
-fn accuracy_transferred(
-    model: &dyn Classifier,
-    surrogate: &dyn Classifier,
-    data: &Dataset,
-    attack: &dyn Attack,
-    batch_size: usize,
-    device: &Device,
-) -> f64 {
-    fraction_of_batches(data, batch_size, device, |batch| {
-        let out = attack.attack(surrogate, batch.images, batch.labels.clone());
-        crate::metrics::count_correct(model.log_probs(out.adversarial), batch.labels)
-    })
+/// What the indicators count on whole batches of the test set, at one ε: the shards of an
+/// evaluation each count their batches, and [`IndicatorCounts::add`] sums them into the counts
+/// of the whole test set, from which [`IndicatorCounts::judge`] gives the [`Indicators`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndicatorCounts {
+    /// Budget ε.
+    pub eps: f64,
+    /// Examples counted.
+    pub examples: usize,
+    /// Examples classified correctly.
+    pub clean: usize,
+    /// Examples whose input gradient of −log F_y is exactly zero.
+    pub zero_gradient: usize,
+    /// Examples still correct under APGD-CE at ε.
+    pub apgd: usize,
+    /// Under Square.
+    pub square: usize,
+    /// Under a random corner of the ε-ball.
+    pub noise: usize,
+    /// Under APGD-CE at each budget of [`sweep_budgets`], in order.
+    pub sweep: Vec<usize>,
+    /// Under APGD-CE crafted on the surrogate and transferred, where one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<usize>,
 }
 
-/// Fraction of `data` still classified correctly after the untargeted `attack`.
-fn accuracy_under(
-    model: &dyn Classifier,
-    data: &Dataset,
-    attack: &dyn Attack,
-    batch_size: usize,
-    device: &Device,
-) -> f64 {
-    fraction_of_batches(data, batch_size, device, |batch| {
-        let out = attack.attack(model, batch.images, batch.labels);
-        out.success.iter().filter(|s| !**s).count()
-    })
+impl IndicatorCounts {
+    /// Adds the counts of the next batches (another shard's) to these.
+    pub fn add(&mut self, other: &Self) -> Result<()> {
+        ensure!(
+            other.eps == self.eps
+                && other.sweep.len() == self.sweep.len()
+                && other.transfer.is_some() == self.transfer.is_some(),
+            "indicator counts at ε = {} (sweep of {}, transfer {}) cannot be added to those at \
+             ε = {} (sweep of {}, transfer {})",
+            other.eps,
+            other.sweep.len(),
+            other.transfer.is_some(),
+            self.eps,
+            self.sweep.len(),
+            self.transfer.is_some()
+        );
+        self.examples += other.examples;
+        self.clean += other.clean;
+        self.zero_gradient += other.zero_gradient;
+        self.apgd += other.apgd;
+        self.square += other.square;
+        self.noise += other.noise;
+        for (a, b) in self.sweep.iter_mut().zip(&other.sweep) {
+            *a += b;
+        }
+        if let (Some(a), Some(b)) = (&mut self.transfer, other.transfer) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    /// The accuracies and the indicators that fire. `reported` is the lowest accuracy of the
+    /// gradient attacks already evaluated at this ε, if any.
+    pub fn judge(&self, reported: Option<f64>) -> Indicators {
+        let n = self.examples.max(1) as f64;
+        let own = self.apgd as f64 / n;
+        let gradient_accuracy = reported.map_or(own, |r| r.min(own));
+        let gradient_std_error = std_error(gradient_accuracy, self.examples);
+        let square_accuracy = self.square as f64 / n;
+        let noise_accuracy = self.noise as f64 / n;
+        let sweep: Vec<SweepPoint> = (sweep_budgets(self.eps).into_iter().zip(&self.sweep))
+            .map(|(eps, &c)| SweepPoint {
+                eps,
+                accuracy: c as f64 / n,
+            })
+            .collect();
+        let transfer_accuracy = self.transfer.map(|c| c as f64 / n);
+        let zero_gradient = self.zero_gradient as f64 / n;
+        // "Beats the gradient attacks": lower by more than their standard error (and by at least
+        // one example).
+        let beats = |accuracy: f64| accuracy < gradient_accuracy - gradient_std_error.max(0.5 / n);
+        let mut fired = Vec::new();
+        if beats(square_accuracy) {
+            fired.push(Failure::GradientFreeWins);
+        }
+        if sweep.last().is_some_and(|p| p.accuracy > 0.0) {
+            fired.push(Failure::AccuracyDoesNotVanish);
+        }
+        if gradient_accuracy > 0.0 && noise_accuracy <= gradient_accuracy {
+            fired.push(Failure::NoiseAsStrong);
+        }
+        if zero_gradient > ZERO_GRADIENT_LIMIT {
+            fired.push(Failure::ZeroGradients);
+        }
+        if transfer_accuracy.is_some_and(beats) {
+            fired.push(Failure::TransferWins);
+        }
+        Indicators {
+            eps: self.eps,
+            examples: self.examples,
+            clean_accuracy: self.clean as f64 / n,
+            gradient_accuracy,
+            gradient_std_error,
+            square_accuracy,
+            noise_accuracy,
+            sweep,
+            zero_gradient,
+            transfer_accuracy,
+            fired,
+        }
+    }
 }
 
-/// The fraction of `data` that `count` finds in its batches, taken in order.
-fn fraction_of_batches(
+/// The budgets at which an evaluation of `attacks` measures the indicators: each distinct ε of
+/// its L∞ attacks, in increasing order.
+pub fn indicator_budgets(attacks: &[AttackSpec]) -> Vec<f64> {
+    let mut budgets: Vec<f64> = attacks
+        .iter()
+        .filter(|s| s.kind.main_parameter() == MainParameter::Eps && s.eps > 0.0)
+        .map(|s| s.eps)
+        .collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    budgets
+}
+
+/// The lowest accuracy of the untargeted gradient attacks among `attacks` (with their results
+/// `robust`, in the same order) evaluated at `eps`: what the indicators compare with.
+pub fn reported_accuracy(attacks: &[AttackSpec], robust: &[RobustResult], eps: f64) -> Option<f64> {
+    attacks
+        .iter()
+        .zip(robust)
+        .filter(|(s, r)| s.eps == eps && s.kind.gradient_only() && !r.targeted)
+        .map(|(_, r)| r.accuracy)
+        .reduce(f64::min)
+}
+
+/// Counts the indicators at budget `eps` on `data`, whole batches of `batch_size` whose first
+/// is batch `first_batch` of the test set (untargeted). `surrogate`, if given, is the model
+/// whose APGD-CE examples are transferred. Before each attack on a batch the device's
+/// generator is reseeded with [`batch_seed`]`(seed, batch)`, so that a batch's counts do not
+/// depend on the batches before it and shards add up to the unsharded counts.
+#[allow(clippy::too_many_arguments)]
+pub fn count_indicators(
+    model: &dyn Classifier,
+    surrogate: Option<&dyn Classifier>,
     data: &Dataset,
+    first_batch: usize,
+    eps: f64,
+    settings: &IndicatorSettings,
     batch_size: usize,
+    seed: u64,
     device: &Device,
-    mut count: impl FnMut(Batch) -> usize,
-) -> f64 {
-    let counted: usize = Batcher::sequential(data, batch_size)
+) -> Result<IndicatorCounts> {
+    ensure!(
+        eps.is_finite() && eps > 0.0 && eps <= 1.0,
+        "the indicators need an `eps` in (0, 1], got {eps}"
+    );
+    ensure!(!data.is_empty(), "the indicators need at least one example");
+    ensure!(
+        settings.apgd_iterations >= 1 && settings.square_queries >= 1,
+        "the indicators need at least one APGD iteration and one Square query"
+    );
+    let apgd = |eps| Apgd {
+        iterations: settings.apgd_iterations,
+        ..Apgd::new(eps, Objective::LogMeanSoftmax)
+    };
+    let square = Square {
+        queries: settings.square_queries,
+        ..Square::new(eps)
+    };
+    let budgets = sweep_budgets(eps);
+    let mut c = IndicatorCounts {
+        eps,
+        examples: data.len(),
+        clean: 0,
+        zero_gradient: 0,
+        apgd: 0,
+        square: 0,
+        noise: 0,
+        sweep: vec![0; budgets.len()],
+        transfer: surrogate.map(|_| 0),
+    };
+    for (b, batch) in Batcher::sequential(data, batch_size)
         .iter(device)
-        .map(&mut count)
-        .sum();
-    counted as f64 / data.len() as f64
+        .enumerate()
+    {
+        let reseed = || device.seed(batch_seed(seed, first_batch + b));
+        let Batch { images, labels } = batch;
+        let correct_under = |attack: &dyn Attack| {
+            reseed();
+            let out = attack.attack(model, images.clone(), labels.clone());
+            out.success.iter().filter(|s| !**s).count()
+        };
+        c.zero_gradient += zero_gradients(model, &images, labels.clone());
+        c.clean += crate::metrics::count_correct(model.log_probs(images.clone()), labels.clone());
+        c.apgd += correct_under(&apgd(eps));
+        c.square += correct_under(&square);
+        c.noise += correct_under(&RandomNoise { eps });
+        for (count, &e) in c.sweep.iter_mut().zip(&budgets) {
+            *count += correct_under(&apgd(e));
+        }
+        if let (Some(count), Some(s)) = (&mut c.transfer, surrogate) {
+            reseed();
+            let out = apgd(eps).attack(s, images.clone(), labels.clone());
+            *count += crate::metrics::count_correct(model.log_probs(out.adversarial), labels);
+        }
+    }
+    Ok(c)
 }
 
-/// Measures the indicators at budget `eps` on `data` (untargeted). `reported` is the lowest
-/// accuracy of the gradient attacks already evaluated at `eps`, if any; `surrogate`, if given,
-/// is the model whose APGD-CE examples are transferred. The attacks draw from the device's
-/// generator, seeded with `seed`.
+/// Measures the indicators at budget `eps` on `data` (untargeted): [`count_indicators`] on the
+/// whole of `data`, judged against `reported`, the lowest accuracy of the gradient attacks
+/// already evaluated at `eps`, if any.
 #[allow(clippy::too_many_arguments)]
 pub fn indicators(
     model: &dyn Classifier,
@@ -214,80 +378,10 @@ pub fn indicators(
     seed: u64,
     device: &Device,
 ) -> Result<Indicators> {
-    ensure!(
-        eps.is_finite() && eps > 0.0 && eps <= 1.0,
-        "the indicators need an `eps` in (0, 1], got {eps}"
-    );
-    ensure!(!data.is_empty(), "the indicators need at least one example");
-    ensure!(
-        settings.apgd_iterations >= 1 && settings.square_queries >= 1,
-        "the indicators need at least one APGD iteration and one Square query"
-    );
-    device.seed(seed);
-    let n = data.len();
-    let mut clean = 0;
-    let mut zero = 0;
-    for batch in Batcher::sequential(data, batch_size).iter(device) {
-        zero += zero_gradients(model, &batch.images, batch.labels.clone());
-        clean += crate::metrics::count_correct(model.log_probs(batch.images), batch.labels);
-    }
-    let apgd = |eps| Apgd {
-        iterations: settings.apgd_iterations,
-        ..Apgd::new(eps, Objective::LogMeanSoftmax)
-    };
-    let under = |attack: &dyn Attack| accuracy_under(model, data, attack, batch_size, device);
-    let own = under(&apgd(eps));
-    let gradient_accuracy = reported.map_or(own, |r| r.min(own));
-    let square_accuracy = under(&Square {
-        queries: settings.square_queries,
-        ..Square::new(eps)
-    });
-    let noise_accuracy = under(&RandomNoise { eps });
-    let sweep: Vec<SweepPoint> = sweep_budgets(eps)
-        .into_iter()
-        .map(|e| SweepPoint {
-            eps: e,
-            accuracy: under(&apgd(e)),
-        })
-        .collect();
-    let transfer_accuracy =
-        surrogate.map(|s| accuracy_transferred(model, s, data, &apgd(eps), batch_size, device));
-    let zero_gradient = zero as f64 / n as f64;
-    let gradient_std_error = std_error(gradient_accuracy, n);
-
-    // "Beats the gradient attacks": lower by more than their standard error (and by at least
-    // one example).
-    let beats =
-        |accuracy: f64| accuracy < gradient_accuracy - gradient_std_error.max(0.5 / n as f64);
-    let mut fired = Vec::new();
-    if beats(square_accuracy) {
-        fired.push(Failure::GradientFreeWins);
-    }
-    if sweep.last().is_some_and(|p| p.accuracy > 0.0) {
-        fired.push(Failure::AccuracyDoesNotVanish);
-    }
-    if gradient_accuracy > 0.0 && noise_accuracy <= gradient_accuracy {
-        fired.push(Failure::NoiseAsStrong);
-    }
-    if zero_gradient > ZERO_GRADIENT_LIMIT {
-        fired.push(Failure::ZeroGradients);
-    }
-    if transfer_accuracy.is_some_and(beats) {
-        fired.push(Failure::TransferWins);
-    }
-    Ok(Indicators {
-        eps,
-        examples: n,
-        clean_accuracy: clean as f64 / n as f64,
-        gradient_accuracy,
-        gradient_std_error,
-        square_accuracy,
-        noise_accuracy,
-        sweep,
-        zero_gradient,
-        transfer_accuracy,
-        fired,
-    })
+    let counts = count_indicators(
+        model, surrogate, data, 0, eps, settings, batch_size, seed, device,
+    )?;
+    Ok(counts.judge(reported))
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@
 //!
 //! **What is saved.** A partial result keeps what the merge needs to recompute every number
 //! exactly: the clean counts with the log ED summed per batch, and each attack's per-example
-//! outcomes (goal met, ensemble still correct) for each seed. It also records what was evaluated
-//! (model weights, test set, attacks, seeds, batch size): shards of different evaluations are
-//! refused.
+//! outcomes (goal met, ensemble still correct) for each seed, and the indicators' counts at each
+//! budget. It also records what was evaluated (model weights, test set, attacks, seeds, batch
+//! size, the indicators' settings and surrogate): shards of different evaluations are refused.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -26,8 +26,11 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::indicators::{
+    IndicatorCounts, IndicatorSettings, count_indicators, indicator_budgets, reported_accuracy,
+};
 use super::{CleanCounts, EvalReport, RobustResult, attack_batches, clean_counts};
-use crate::attack::{AttackSpec, Verdict};
+use crate::attack::{AttackSpec, Classifier, Verdict, Victim};
 use crate::data::Dataset;
 use crate::model::Ensemble;
 
@@ -109,6 +112,13 @@ pub struct EvalSettings {
     pub seed: u64,
     /// Batch size (the shards' slices are whole batches).
     pub batch_size: usize,
+    /// The indicators' attacks, where the indicators are measured (at each ε of
+    /// [`indicator_budgets`], with the first seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indicators: Option<IndicatorSettings>,
+    /// SHA-256 of the weights of the indicators' surrogate, where one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surrogate_sha256: Option<String>,
 }
 
 /// What a partial result belongs to; all shards of one evaluation share it.
@@ -166,6 +176,10 @@ pub struct PartialEval {
     pub clean: CleanCounts,
     /// One entry per attack of `key.settings.attacks`.
     pub attacks: Vec<PartialAttack>,
+    /// The indicators' counts on the slice, one per budget of [`indicator_budgets`], where
+    /// `key.settings.indicators` asks for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indicators: Vec<IndicatorCounts>,
 }
 
 fn flags(b: &[bool]) -> String {
@@ -245,10 +259,13 @@ pub fn weights_sha256(run: &Path) -> Result<String> {
     crate::io::sha256_file(&file)
 }
 
-/// Evaluates `shard` of `test` (the whole test set of the evaluation): the clean counts and
-/// every attack of `key.settings` with every seed, on the shard's batches only.
+/// Evaluates `shard` of `test` (the whole test set of the evaluation): the clean counts, every
+/// attack of `key.settings` with every seed and, where the settings ask for them, the
+/// indicators' counts (with `surrogate`'s transferred examples, if given), on the shard's
+/// batches only.
 pub fn evaluate_shard(
     model: &Ensemble,
+    surrogate: Option<&Ensemble>,
     test: &Dataset,
     key: EvalKey,
     shard: Shard,
@@ -299,12 +316,36 @@ pub fn evaluate_shard(
             runs,
         });
     }
+    let indicators = match &s.indicators {
+        None => Vec::new(),
+        Some(settings) => {
+            let victim = Victim::ensemble(model);
+            let surrogate = surrogate.map(Victim::ensemble);
+            indicator_budgets(&s.attacks)
+                .into_iter()
+                .map(|eps| {
+                    count_indicators(
+                        &victim,
+                        surrogate.as_ref().map(|v| v as &dyn Classifier),
+                        &data,
+                        batches.start,
+                        eps,
+                        settings,
+                        s.batch_size,
+                        s.seed,
+                        device,
+                    )
+                })
+                .collect::<Result<_>>()?
+        }
+    };
     Ok(PartialEval {
         shard,
         key,
         examples,
         clean,
         attacks,
+        indicators,
     })
 }
 
@@ -408,6 +449,11 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
     let mut correct = vec![Vec::<Vec<bool>>::new(); s.attacks.len()];
     let mut verdicts = vec![Vec::<Verdict>::new(); s.attacks.len()];
     let mut seconds = vec![vec![0f64; s.seeds]; s.attacks.len()];
+    let budgets = match s.indicators {
+        Some(_) => indicator_budgets(&s.attacks),
+        None => Vec::new(),
+    };
+    let mut indicators: Option<Vec<IndicatorCounts>> = None;
     for (i, part) in parts.iter().enumerate() {
         let file = part.shard.path(run);
         let bad = |what: String| anyhow::anyhow!("{}: {what}; the file is corrupt", file.display());
@@ -436,6 +482,21 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
         match &mut clean {
             None => clean = Some(part.clean.clone()),
             Some(c) => c.extend(&part.clean).map_err(|e| bad(e.to_string()))?,
+        }
+        let at: Vec<f64> = part.indicators.iter().map(|c| c.eps).collect();
+        if at != budgets || part.indicators.iter().any(|c| c.examples != want.len()) {
+            return Err(bad(format!(
+                "`indicators` are counted at ε {at:?}, but the key asks for {budgets:?} on {} examples",
+                want.len()
+            )));
+        }
+        match &mut indicators {
+            None => indicators = Some(part.indicators.clone()),
+            Some(sum) => {
+                for (total, c) in sum.iter_mut().zip(&part.indicators) {
+                    total.add(c).map_err(|e| bad(e.to_string()))?;
+                }
+            }
         }
         for (a, attack) in part.attacks.iter().enumerate() {
             if attack.runs.len() != s.seeds {
@@ -509,12 +570,15 @@ pub fn merge(run: &Path, parts: &[PartialEval]) -> Result<EvalReport> {
             main.repeats = (1..s.seeds).map(|r| result(r).accuracy).collect();
             main
         })
+        .collect::<Vec<_>>();
+    let indicators = (indicators.unwrap_or_default().iter())
+        .map(|c| c.judge(reported_accuracy(&s.attacks, &robust, c.eps)))
         .collect();
     Ok(EvalReport {
         label: key.label.clone(),
         clean: clean.result(),
         robust,
-        indicators: Vec::new(),
+        indicators,
     })
 }
 
