@@ -12,7 +12,7 @@ pub enum DataCommand {
     Fetch {
         /// Which data set.
         dataset: DatasetKind,
-        /// Target directory (default: data/<name>).
+        /// Target directory (default: data/NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
     },

@@ -40,7 +40,7 @@ pub struct ImportArgs {
     /// Data set the weights belong to (default: from the file's description).
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetKind>,
-    /// Directory of that data set (default: data/<dataset>).
+    /// Directory of that data set (default: data/DATASET).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Run directory to create.

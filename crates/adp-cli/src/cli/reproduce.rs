@@ -88,11 +88,11 @@ pub struct ReproduceArgs {
     /// Compute budget.
     #[arg(long, value_enum, default_value = "cpu")]
     pub preset: Preset,
-    /// Output directory (default: runs/<experiment>-<preset>; tables: runs/<dataset>-<preset>,
+    /// Output directory (default: runs/EXPERIMENT-PRESET; tables: runs/DATASET-PRESET,
     /// sharing the runs of `adp reproduce mnist`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Directory of the data set (default: data/<dataset>); fetched when absent.
+    /// Directory of the data set (default: data/DATASET); fetched when absent.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Device (backend).

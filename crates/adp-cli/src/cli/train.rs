@@ -40,7 +40,7 @@ pub struct TrainArgs {
     /// Data set.
     #[arg(long, value_enum, default_value = "mnist")]
     pub dataset: DatasetKind,
-    /// Directory of the data set (default: data/<dataset>).
+    /// Directory of the data set (default: data/DATASET).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Epochs.
