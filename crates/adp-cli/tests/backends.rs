@@ -243,6 +243,43 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
     );
 }
 
+/// `adp bench --devices` measures with the placement and says so in its table and its JSON.
+#[test]
+fn a_member_parallel_benchmark_names_its_placement() {
+    let json = scratch().join("bench-placed.json");
+    let o = adp_ok(&[
+        "bench",
+        "--devices",
+        "cpu,cpu",
+        "--models",
+        "cnn",
+        "--members",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+        "--attacks",
+        "fgsm",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = common::stdout(&o);
+    assert!(
+        table.contains("Device: member-parallel on cpu,cpu"),
+        "{table}"
+    );
+    assert!(table.contains("| train ADP | Cnn | 2 |"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        report["config"]["devices"],
+        serde_json::json!(["cpu", "cpu"])
+    );
+}
+
 /// A placement that cannot work is refused in one line, before the run directory is written:
 /// the peer methods (their input-gradient code runs on one device), and a `config.toml` whose
 /// `devices` does not start with its `device`.
