@@ -226,16 +226,7 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
     };
     let whole = run("placed-whole", "2");
     let part = run("placed-part", "1");
-    let config = part.join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
-    std::fs::remove_file(part.join("model.safetensors")).unwrap();
-    let o = adp_ok(&["train", "--resume", part.to_str().unwrap()]);
-    assert!(
-        common::stderr(&o).contains("resuming"),
-        "{}",
-        common::stderr(&o)
-    );
+    common::resume_to_two_epochs(&part);
     let weights = |r: &Path| std::fs::read(r.join("model.safetensors")).unwrap();
     assert!(
         weights(&whole) == weights(&part),

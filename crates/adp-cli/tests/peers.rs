@@ -42,14 +42,7 @@ fn resumes_to_the_same_weights(method: &str, extra: &[&str]) {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains(&format!("method = \"{method}\"")), "{text}");
     assert!(text.contains(&format!("[{method}]")), "{text}");
-    std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
-    std::fs::remove_file(part.join("model.safetensors")).unwrap();
-    let o = adp_ok(&["train", "--resume", part.to_str().unwrap()]);
-    assert!(
-        common::stderr(&o).contains("resuming"),
-        "{}",
-        common::stderr(&o)
-    );
+    common::resume_to_two_epochs(&part);
     assert!(
         weights(&whole) == weights(&part),
         "{method}: the resumed run's weights differ from the uninterrupted run's"

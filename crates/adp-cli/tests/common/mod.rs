@@ -134,3 +134,16 @@ pub fn scratch() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
+
+/// Resumes `run`, trained for 1 epoch, to 2: its `config.toml` is changed to 2 epochs and its
+/// final model removed, as if the run had been killed after its first checkpoint. Asserts that
+/// `adp train --resume` said it was resuming; returns its output.
+pub fn resume_to_two_epochs(run: &Path) -> Output {
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
+    std::fs::remove_file(run.join("model.safetensors")).unwrap();
+    let o = adp_ok(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
+    o
+}
