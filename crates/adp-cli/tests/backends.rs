@@ -209,7 +209,14 @@ fn a_device_not_built_in_names_the_build_that_has_it() {
 
 /// A member-parallel run killed after its first epoch resumes to the weights of the
 /// uninterrupted run, bit for bit: each member's Adam state is saved from its device and goes
-/// back to it at the first step after the resume.
+/// back to it at the first step after the resume, and the resume runs the kernels that the run
+/// chose before (its `kernels.db`), whatever the machine's cache holds by then.
+///
+/// wgpu picks kernels by timing them, and on a loaded machine two processes pick differently
+/// and differ in the last bits. So the interrupted run starts from the uninterrupted run's
+/// choices (a new run keeps the `kernels.db` its directory holds), and the resume runs where
+/// the machine's cache is an empty directory (the `cubecl.toml` there says so, and keeps the
+/// tests' `minimal` autotuning): it can find its kernels only in the run.
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_member_parallel_run_resumes_to_the_same_weights() {
@@ -225,8 +232,20 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
         out
     };
     let whole = run("placed-whole", "2");
-    let part = run("placed-part", "1");
-    common::resume_to_two_epochs(&part);
+    let part = scratch().join("placed-part");
+    std::fs::create_dir_all(&part).unwrap();
+    for file in ["kernels.db", "kernels.db-wal"] {
+        std::fs::copy(whole.join(file), part.join(file)).unwrap();
+    }
+    run("placed-part", "1");
+    let empty_cache = scratch().join("empty-kernel-cache");
+    std::fs::create_dir_all(&empty_cache).unwrap();
+    std::fs::write(
+        empty_cache.join("cubecl.toml"),
+        "[environment]\npath = \"local\"\n[autotune]\nlevel = \"minimal\"\n",
+    )
+    .unwrap();
+    common::resume_to_two_epochs_in(&empty_cache, &part);
     let weights = |r: &Path| std::fs::read(r.join("model.safetensors")).unwrap();
     assert!(
         weights(&whole) == weights(&part),

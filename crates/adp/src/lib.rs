@@ -36,6 +36,7 @@
 //! [`train::gal`], [`train::dverge`] and [`train::trs`], compared by [`paper::peers`].
 
 pub mod attack;
+pub mod autotune;
 pub mod bench;
 pub mod data;
 pub mod device;

@@ -14,8 +14,14 @@ use adp::train::checkpoint::ModelSpec;
 
 /// Runs the `adp` binary with `args` and waits for it.
 pub fn adp(args: &[&str]) -> Output {
+    adp_in(Path::new("."), args)
+}
+
+/// Runs the `adp` binary with `args` in the working directory `dir` and waits for it.
+pub fn adp_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_adp"))
         .args(args)
+        .current_dir(dir)
         .output()
         .expect("the adp binary runs")
 }
@@ -139,11 +145,17 @@ pub fn scratch() -> &'static Path {
 /// final model removed, as if the run had been killed after its first checkpoint. Asserts that
 /// `adp train --resume` said it was resuming; returns its output.
 pub fn resume_to_two_epochs(run: &Path) -> Output {
+    resume_to_two_epochs_in(Path::new("."), run)
+}
+
+/// [`resume_to_two_epochs`], with `adp` run in the working directory `dir`.
+pub fn resume_to_two_epochs_in(dir: &Path, run: &Path) -> Output {
     let config = run.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
     std::fs::remove_file(run.join("model.safetensors")).unwrap();
-    let o = adp_ok(&["train", "--resume", run.to_str().unwrap()]);
+    let o = adp_in(dir, &["train", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
     o
 }

@@ -100,6 +100,10 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
     if !spec_path.exists() {
         crate::io::write_toml(&spec_path, &spec)?;
     }
+    // On the autotuning backends, the kernels this run chose before a resume are the ones it
+    // runs after it.
+    let kinds = std::iter::once(config.device).chain(config.devices.iter().map(|d| d.kind));
+    let _kernels = crate::autotune::KernelChoices::keep_in(run, kinds);
 
     let ad = device.clone().autodiff();
     ad.seed(config.seed);
