@@ -121,6 +121,13 @@ impl Task for Bar {
 }
 
 fn main() -> ExitCode {
+    // Every device adp computes on is named; burn's default device, on which it loads optimizer
+    // states, is the CPU unless the user says otherwise (see `adp::device::CPU_BURN_DEVICE`).
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: the first statement of `main`: no other thread exists that could read the
+        // environment concurrently.
+        unsafe { std::env::set_var("BURN_DEVICE", adp::device::CPU_BURN_DEVICE) };
+    }
     adp::progress::install(StderrProgress);
     let matches = Cli::command().get_matches();
     let result = Cli::from_arg_matches(&matches)

@@ -245,7 +245,9 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
         "[environment]\npath = \"local\"\n[autotune]\nlevel = \"minimal\"\n",
     )
     .unwrap();
-    common::resume_to_two_epochs_in(&empty_cache, &part);
+    common::resume_to_two_epochs_with(&part, |c| {
+        c.current_dir(&empty_cache);
+    });
     let weights = |r: &Path| std::fs::read(r.join("model.safetensors")).unwrap();
     assert!(
         weights(&whole) == weights(&part),
@@ -561,4 +563,39 @@ fn a_seed_gives_the_same_initial_weights_on_wgpu_as_on_flex() {
     for (i, (a, b)) in values[0].iter().zip(&values[1]).enumerate() {
         assert_eq!(a, b, "parameter {i}");
     }
+}
+
+/// In a build with wgpu, on a machine where wgpu finds no adapter, a CPU run still resumes: burn
+/// loads the optimizer states on its default device, which `adp` makes the CPU. Vulkan and EGL
+/// are hidden from the processes with their loaders' own variables.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_cpu_run_resumes_in_a_wgpu_build_where_no_adapter_exists() {
+    let hidden = [
+        ("VK_ICD_FILENAMES", "/nonexistent"),
+        ("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent"),
+    ];
+    let run = train_on(&["--device", "cpu"], "cpu-resume-without-adapter");
+    let probe = common::adp_with(
+        &[
+            "eval",
+            run.to_str().unwrap(),
+            "--device",
+            "wgpu",
+            "--data-dir",
+            data().to_str().unwrap(),
+        ],
+        |c| {
+            c.envs(hidden);
+        },
+    );
+    if probe.status.success() {
+        eprintln!("skipped: wgpu finds an adapter even with Vulkan and EGL hidden");
+        return;
+    }
+    common::assert_one_error(&probe, "no usable GPU adapter", "wgpu hidden");
+    common::resume_to_two_epochs_with(&run, |c| {
+        c.envs(hidden);
+    });
+    assert!(run.join("model.safetensors").exists());
 }

@@ -17,6 +17,17 @@ pub fn cpu() -> Device {
         .expect("this build has a CPU backend (feature flex or ndarray)")
 }
 
+/// The `BURN_DEVICE` value that makes [`cpu`] burn's `Device::default()`. burn creates the
+/// optimizer states it loads from a checkpoint on `Device::default()` (they move to their
+/// parameters' devices at the next step), and that default is a GPU backend whenever one is
+/// compiled in, which panics on a machine without that GPU. A program that resumes training,
+/// such as the `adp` binary, sets `BURN_DEVICE` to this before it starts any thread.
+pub const CPU_BURN_DEVICE: &str = if cfg!(feature = "flex") {
+    "flex"
+} else {
+    "ndarray"
+};
+
 /// A device the user can ask for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]

@@ -14,16 +14,16 @@ use adp::train::checkpoint::ModelSpec;
 
 /// Runs the `adp` binary with `args` and waits for it.
 pub fn adp(args: &[&str]) -> Output {
-    adp_in(Path::new("."), args)
+    adp_with(args, |_| {})
 }
 
-/// Runs the `adp` binary with `args` in the working directory `dir` and waits for it.
-pub fn adp_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adp"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the adp binary runs")
+/// Runs the `adp` binary with `args`, its command first changed by `configure` (a working
+/// directory, environment variables), and waits for it.
+pub fn adp_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adp"));
+    command.args(args);
+    configure(&mut command);
+    command.output().expect("the adp binary runs")
 }
 
 /// Runs the `adp` binary with `args` and asserts that it succeeded (its stderr otherwise).
@@ -145,16 +145,16 @@ pub fn scratch() -> &'static Path {
 /// final model removed, as if the run had been killed after its first checkpoint. Asserts that
 /// `adp train --resume` said it was resuming; returns its output.
 pub fn resume_to_two_epochs(run: &Path) -> Output {
-    resume_to_two_epochs_in(Path::new("."), run)
+    resume_to_two_epochs_with(run, |_| {})
 }
 
-/// [`resume_to_two_epochs`], with `adp` run in the working directory `dir`.
-pub fn resume_to_two_epochs_in(dir: &Path, run: &Path) -> Output {
+/// [`resume_to_two_epochs`], with the `adp` command changed by `configure` as in [`adp_with`].
+pub fn resume_to_two_epochs_with(run: &Path, configure: impl FnOnce(&mut Command)) -> Output {
     let config = run.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
     std::fs::remove_file(run.join("model.safetensors")).unwrap();
-    let o = adp_in(dir, &["train", "--resume", run.to_str().unwrap()]);
+    let o = adp_with(&["train", "--resume", run.to_str().unwrap()], configure);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
     o

@@ -62,7 +62,8 @@ pub fn load_train_data(config: &TrainConfig) -> Result<Dataset> {
 /// (against the model the data gives now), the checkpoint's manifest, SHA-256 hashes and
 /// `state.json` against each other before it writes anything, and names the file and field of
 /// any mismatch. No checkpoint or final model is written unless every weight and metric of the
-/// epoch is finite.
+/// epoch is finite. A resume in a build with a GPU backend needs that GPU, or `BURN_DEVICE` set
+/// to [`crate::device::CPU_BURN_DEVICE`]: burn loads optimizer states on its default device.
 pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble, TrainState)> {
     let config_path = run.join("config.toml");
     if resume {
