@@ -214,7 +214,8 @@ fn a_device_not_built_in_names_the_build_that_has_it() {
 ///
 /// wgpu picks kernels by timing them, and on a loaded machine two processes pick differently
 /// and differ in the last bits. So the interrupted run starts from the uninterrupted run's
-/// choices (a new run keeps the `kernels.db` its directory holds), and the resume runs where
+/// choices (both run where the machine's cache is a directory of their own, which the first
+/// fills), and the resume runs where
 /// the machine's cache is an empty directory (the `cubecl.toml` there says so, and keeps the
 /// tests' `minimal` autotuning): it can find its kernels only in the run.
 #[cfg(feature = "wgpu")]
@@ -223,28 +224,28 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
     if wgpu().is_none() {
         return;
     }
-    let placed = ["--devices", "cpu,wgpu"];
+    let cache = |name: &str| {
+        let dir = scratch().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = "[environment]\npath = \"local\"\n[autotune]\nlevel = \"minimal\"\n";
+        std::fs::write(dir.join("cubecl.toml"), toml).unwrap();
+        dir
+    };
+    // The two runs share a machine cache of their own: the second starts from the first's choices.
+    let shared = cache("shared-kernel-cache");
     let run = |name: &str, epochs: &str| {
         let out = scratch().join(name);
         let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), epochs);
-        args.extend(placed);
-        adp_ok(&args);
+        args.extend(["--devices", "cpu,wgpu"]);
+        let o = common::adp_with(&args, |c| {
+            c.current_dir(&shared);
+        });
+        assert!(o.status.success(), "{}", common::stderr(&o));
         out
     };
     let whole = run("placed-whole", "2");
-    let part = scratch().join("placed-part");
-    std::fs::create_dir_all(&part).unwrap();
-    for file in ["kernels.db", "kernels.db-wal"] {
-        std::fs::copy(whole.join(file), part.join(file)).unwrap();
-    }
-    run("placed-part", "1");
-    let empty_cache = scratch().join("empty-kernel-cache");
-    std::fs::create_dir_all(&empty_cache).unwrap();
-    std::fs::write(
-        empty_cache.join("cubecl.toml"),
-        "[environment]\npath = \"local\"\n[autotune]\nlevel = \"minimal\"\n",
-    )
-    .unwrap();
+    let part = run("placed-part", "1");
+    let empty_cache = cache("empty-kernel-cache");
     common::resume_to_two_epochs_with(&part, |c| {
         c.current_dir(&empty_cache);
     });
