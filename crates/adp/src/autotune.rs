@@ -7,9 +7,11 @@
 //! process. Two runs of one seed then differ in the last bits after the first step, and a resumed
 //! run would drift from the uninterrupted one.
 //!
-//! [`KernelChoices::keep_in`] makes `<run>/kernels.db` the cache while a run trains: every choice
-//! the run makes is written there as it is made, and a resume reads the same choices back, so it
-//! runs the same kernels. cubecl's cache is process-wide, so one process trains one such run at a
+//! [`KernelChoices::keep_in`] makes `<run>/kernels.db` the cache while a run trains. A new run's
+//! file starts as a copy of the machine's cache (its tuning and compilation records left out),
+//! every choice the run makes is written there as it is made, and a resume reads the same
+//! choices back, so it runs the same kernels. When the guard drops, the machine's cache imports
+//! the run's choices, keeping any it already had. cubecl's cache is process-wide, so one process trains one such run at a
 //! time (the run lock already keeps a run to one process). The CPU backends (flex, ndarray,
 //! LibTorch) do not autotune and keep nothing.
 
