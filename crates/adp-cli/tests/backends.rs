@@ -600,3 +600,30 @@ fn a_cpu_run_resumes_in_a_wgpu_build_where_no_adapter_exists() {
     });
     assert!(run.join("model.safetensors").exists());
 }
+
+/// A one-channel gradient in NHWC memory order (strides `[HW, 1, W, 1]`, as a convolution's
+/// backward may hand it back on CubeCL) fuses into the gradient-sign step of FGSM as on flex
+/// once `standard_layout` has laid it out afresh. burn-cubecl-fusion 0.22.1 takes that layout
+/// for a permutation and reads the other operand at the wrong positions.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_one_channel_gradient_in_nhwc_order_fuses_as_on_flex() {
+    let Some(wgpu) = wgpu() else { return };
+    use burn::prelude::*;
+    use burn::tensor::TensorData;
+
+    let [n, h, w] = [4, 28, 28];
+    let pixels: Vec<f32> = (0..n * h * w).map(|i| (i % 251) as f32 / 250.0).collect();
+    let step = |device: &Device| -> Vec<f32> {
+        let x = Tensor::<4>::from_data(TensorData::new(pixels.clone(), [n, 1, h, w]), device);
+        let grad = Tensor::<4>::from_data(TensorData::new(pixels.clone(), [n, h, w, 1]), device)
+            .sub_scalar(0.5)
+            .permute([0, 3, 1, 2]);
+        let grad = adp::tensor::standard_layout(grad);
+        (x + grad.sign().mul_scalar(0.1))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(step(&Device::flex()), step(&wgpu));
+}

@@ -8,7 +8,8 @@ use super::{AttackOutput, Classifier, Goal, Norms};
 
 /// The gradient with respect to the input of `objective` summed over the batch, and the
 /// objective's per-example value. `x` may live on a plain device: it is lifted to autodiff for
-/// the backward pass, while the model's parameters stay constants.
+/// the backward pass, while the model's parameters stay constants. The gradient comes back in
+/// the row-major layout of a fresh tensor ([`crate::tensor::standard_layout`]).
 pub fn gradient_of(
     model: &dyn Classifier,
     x: &Tensor<4>,
@@ -35,6 +36,7 @@ pub fn gradient_with<T>(
     let (value, extra) = objective(model, xg.clone());
     let grads = value.clone().sum().backward();
     let g = xg.grad(&grads).expect("the input takes part in the graph");
+    let g = crate::tensor::standard_layout(g);
     (g, value.detach().without_autodiff(), extra)
 }
 

@@ -7,7 +7,9 @@ use anyhow::{Result, ensure};
 use burn::prelude::*;
 
 use super::RobustResult;
-use crate::attack::{AttackSpec, Classifier, Goal, Norms, Verdict, Victim, random_targets};
+use crate::attack::{
+    AttackSpec, Classifier, Goal, MainParameter, Norms, Verdict, Victim, random_targets,
+};
 use crate::data::{Batcher, Dataset};
 use crate::model::Ensemble;
 use crate::tensor::floats;
@@ -210,7 +212,15 @@ pub fn attack_batches(
                 .try_into_vec_as::<i64>()
                 .expect("int labels"),
         );
-        set.adversarial.extend(floats::<f32, _>(out.adversarial));
+        let adversarial = floats::<f32, _>(out.adversarial);
+        check_threat_model(
+            spec,
+            &attack.name(),
+            &adversarial,
+            &out.norms,
+            set.success.len(),
+        )?;
+        set.adversarial.extend(adversarial);
         set.success.extend(out.success);
         set.norms.extend(out.norms);
         set.verdicts.extend(verdicts.into_iter().flatten());
@@ -219,6 +229,46 @@ pub fn attack_batches(
     bar.finish();
     set.seconds = start.elapsed().as_secs_f64();
     Ok(set)
+}
+
+/// Slack of the ε-ball check: f32 rounding of `x0 + ε − x0`.
+const EPS_SLACK: f64 = 1e-5;
+
+/// Checks that one batch of adversarial examples keeps to the threat model: every pixel in
+/// `[0, 1]`, and for the L∞ attacks every perturbation within ε. An attack that leaves either has
+/// computed something wrong, most likely on its backend, and its accuracy would overstate its
+/// strength; so the evaluation stops instead of reporting it. `first` is the index of the batch's
+/// first example in the data set.
+fn check_threat_model(
+    spec: &AttackSpec,
+    name: &str,
+    adversarial: &[f32],
+    norms: &[Norms],
+    first: usize,
+) -> Result<()> {
+    let per_example = adversarial.len() / norms.len().max(1);
+    if let Some(i) = adversarial.iter().position(|p| !(0.0..=1.0).contains(p)) {
+        anyhow::bail!(
+            "{name} returned pixel {} outside [0, 1] in test example {}: the attack computed a \
+             wrong result; rerun with --device cpu, and report it if that fails too",
+            adversarial[i],
+            first + i / per_example
+        );
+    }
+    let outside = norms
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.linf > spec.eps + EPS_SLACK);
+    if let (MainParameter::Eps, Some((i, n))) = (spec.kind.main_parameter(), outside) {
+        anyhow::bail!(
+            "{name} moved test example {} by {} in L∞, outside its ε = {}: the attack computed \
+             a wrong result; rerun with --device cpu, and report it if that fails too",
+            first + i,
+            n.linf,
+            spec.eps
+        );
+    }
+    Ok(())
 }
 
 /// Runs one attack over `data` against the ensemble and measures its accuracy on the result:
@@ -243,4 +293,38 @@ pub fn robust(
         set.seconds,
     )
     .with_stages(&set.stages, &set.verdicts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::AttackKind;
+
+    fn norms(linf: f64) -> Norms {
+        Norms {
+            l0: 1.0,
+            l1: linf,
+            l2: linf,
+            linf,
+        }
+    }
+
+    #[test]
+    fn an_example_outside_the_eps_ball_or_the_pixel_range_stops_the_evaluation() {
+        let pgd = AttackSpec::new(AttackKind::Pgd, 0.1);
+        let ok = [norms(0.1 + 1e-7), norms(0.05)];
+        assert!(check_threat_model(&pgd, "PGD", &[0.0, 1.0], &ok, 0).is_ok());
+        let far = [norms(0.05), norms(0.6)];
+        let e = check_threat_model(&pgd, "PGD", &[0.0, 1.0], &far, 64).unwrap_err();
+        assert!(e.to_string().contains("test example 65 by 0.6"), "{e}");
+        let e = check_threat_model(&pgd, "PGD", &[0.5, 1.5], &ok, 0).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pixel 1.5 outside [0, 1] in test example 1"),
+            "{e}"
+        );
+        // C&W has no ε: only the pixel range is checked.
+        let cw = AttackSpec::new(AttackKind::Cw, 0.1);
+        assert!(check_threat_model(&cw, "CW", &[0.0, 1.0], &far, 0).is_ok());
+    }
 }

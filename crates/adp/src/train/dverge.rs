@@ -137,6 +137,7 @@ pub fn distill(
             .mean();
         let g = a
             .grad(&mse.backward())
+            .map(crate::tensor::standard_layout)
             .expect("the features depend on the input");
         let l1 = g.clone().abs().sum_dims(&[1, 2, 3]).clamp_min(1e-12);
         momentum = momentum + g / l1;

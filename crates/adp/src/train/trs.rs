@@ -161,6 +161,7 @@ pub fn smoothness_attack(
         let (_, grads) = logits_and_grads(model, a.clone(), labels.clone());
         let g = a
             .grad(&smoothness(&grads).backward())
+            .map(crate::tensor::standard_layout)
             .expect("the smoothness loss depends on the input");
         let next = adv.detach() + g.sign().mul_scalar(eps / 3.0);
         adv = next
