@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::peers::{StepAt, cross_entropy, update};
 use super::{NonFinite, StepMetrics};
+use crate::attack::LinfBudget;
 use crate::data::{Batch, DatasetKind};
 use crate::model::input_grad::{layer_features, num_layers};
 use crate::model::{Ensemble, Member};
@@ -124,10 +125,7 @@ pub fn distill(
 ) -> Tensor<4> {
     let x = source.detach();
     let goal = layer_features(member, target, layer).detach();
-    let (lo, hi) = (
-        x.clone().sub_scalar(config.eps),
-        x.clone().add_scalar(config.eps),
-    );
+    let ball = LinfBudget { eps: config.eps };
     let mut adv = x.clone();
     let mut momentum = x.zeros_like();
     for _ in 0..config.steps {
@@ -142,10 +140,7 @@ pub fn distill(
         let l1 = g.clone().abs().sum_dims(&[1, 2, 3]).clamp_min(1e-12);
         momentum = momentum + g / l1;
         let next = adv.detach() - momentum.clone().sign().mul_scalar(config.alpha);
-        adv = next
-            .max_pair(lo.clone())
-            .min_pair(hi.clone())
-            .clamp(0.0, 1.0);
+        adv = ball.project(next, &x);
     }
     adv.detach()
 }

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::peers::{StepAt, cosine, cross_entropy, logits_and_grads, update};
 use super::{NonFinite, StepMetrics};
+use crate::attack::LinfBudget;
 use crate::data::Batch;
 use crate::model::Ensemble;
 
@@ -154,8 +155,8 @@ pub fn smoothness_attack(
         .map(|_| rng.random_range(-1.0f32..=1.0) * eps as f32)
         .collect();
     let noise = Tensor::<1>::from_floats(noise.as_slice(), &x.device()).reshape(dims);
-    let (lo, hi) = (x.clone().sub_scalar(eps), x.clone().add_scalar(eps));
-    let mut adv = (x + noise).clamp(0.0, 1.0);
+    let ball = LinfBudget { eps };
+    let mut adv = (x.clone() + noise).clamp(0.0, 1.0);
     for _ in 0..steps {
         let a = adv.clone().detach().require_grad();
         let (_, grads) = logits_and_grads(model, a.clone(), labels.clone());
@@ -164,10 +165,7 @@ pub fn smoothness_attack(
             .map(crate::tensor::standard_layout)
             .expect("the smoothness loss depends on the input");
         let next = adv.detach() + g.sign().mul_scalar(eps / 3.0);
-        adv = next
-            .max_pair(lo.clone())
-            .min_pair(hi.clone())
-            .clamp(0.0, 1.0);
+        adv = ball.project(next, &x);
     }
     adv.detach()
 }
