@@ -215,7 +215,7 @@ pub fn attack_batches(
         let adversarial = floats::<f32, _>(out.adversarial);
         check_threat_model(
             spec,
-            &attack.name(),
+            &set.description,
             &adversarial,
             &out.norms,
             set.success.len(),
