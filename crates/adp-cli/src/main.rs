@@ -30,6 +30,11 @@ use cli::train::TrainArgs;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep subnormal floats in CPU arithmetic, as IEEE 754 prescribes, instead of flushing them
+    /// to zero (the default; `adp::denormals`): bit for bit the arithmetic of versions before the
+    /// flush, and much slower wherever a softmax saturates.
+    #[arg(long, global = true)]
+    keep_denormals: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +148,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    if !cli.keep_denormals {
+        adp::denormals::flush_to_zero();
+    }
     match cli.command {
         Command::Data { command } => cli::data::run_data(command),
         Command::Sweep(a) => cli::sweep::run_sweep(a),

@@ -293,6 +293,44 @@ fn a_member_parallel_benchmark_names_its_placement() {
     );
 }
 
+/// The CPU threads flush subnormal floats to zero unless `--keep-denormals` is given: `adp bench`
+/// reads the control register of its own thread and of every thread of rayon's pool.
+#[test]
+fn the_cpu_threads_flush_subnormals_unless_told_to_keep_them() {
+    for (flag, table_says, json_says) in [
+        (None, "subnormals flushed to zero", true),
+        (Some("--keep-denormals"), "subnormals kept", false),
+    ] {
+        let json = scratch().join(format!("bench-subnormals-{json_says}.json"));
+        let mut args = vec![
+            "bench",
+            "--models",
+            "cnn",
+            "--members",
+            "2",
+            "--batch-size",
+            "4",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--attacks",
+            "fgsm",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend(flag);
+        let table = common::stdout(&adp_ok(&args));
+        let x86 = cfg!(target_arch = "x86_64");
+        if x86 || !json_says {
+            assert!(table.contains(table_says), "{flag:?}: {table}");
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["flush_to_zero"], json_says && x86, "{flag:?}");
+    }
+}
+
 /// A placement that cannot work is refused in one line, before the run directory is written:
 /// the peer methods (their input-gradient code runs on one device), and a `config.toml` whose
 /// `devices` does not start with its `device`.

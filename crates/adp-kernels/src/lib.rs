@@ -6,10 +6,13 @@
 //!
 //! On burn's CubeCL backends (`cuda`, `wgpu`) both keep burn's own operations ([`is_cube`]).
 //! Every kernel is checked against burn's own operation and against finite differences, in
-//! values and in both gradients (`cargo test -p adp-kernels`).
+//! values and in both gradients (`cargo test -p adp-kernels`). [`denormals`] flushes subnormal
+//! floats to zero in the CPU threads, which saturated softmaxes otherwise fill backward passes
+//! with at a hundredfold cost.
 
 pub mod batch_norm;
 pub mod conv;
+pub mod denormals;
 pub mod testing;
 
 use burn::prelude::Device;

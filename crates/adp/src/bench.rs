@@ -101,6 +101,9 @@ pub struct BenchReport {
     /// subtract it from a row's peak for the memory the row itself needed.
     #[serde(default)]
     pub baseline_rss_mib: f64,
+    /// Whether the CPU threads flushed subnormal floats to zero ([`crate::denormals`]).
+    #[serde(default)]
+    pub flush_to_zero: bool,
     /// Settings.
     pub config: BenchConfig,
     /// Rows.
@@ -278,6 +281,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
         },
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         baseline_rss_mib,
+        flush_to_zero: crate::denormals::flushed_everywhere(),
         config: config.clone(),
         rows,
     })
@@ -286,9 +290,14 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
 /// The report as a Markdown table, with the ADP/ECE cost ratio of each training pair.
 pub fn markdown(report: &BenchReport) -> String {
     let mut s = format!(
-        "Device: {}, {} hardware threads, batch {}, {} timed steps after {} warm-up\n\n| task | model | K | img/s | ms/batch | peak RSS MiB | ADP/ECE time | grad evals/s |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "Device: {}, {} hardware threads, subnormals {}, batch {}, {} timed steps after {} warm-up\n\n| task | model | K | img/s | ms/batch | peak RSS MiB | ADP/ECE time | grad evals/s |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
         report.device,
         report.threads,
+        if report.flush_to_zero {
+            "flushed to zero"
+        } else {
+            "kept"
+        },
         report.config.batch_size,
         report.config.steps,
         report.config.warmup

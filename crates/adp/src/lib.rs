@@ -39,6 +39,7 @@ pub mod attack;
 pub mod autotune;
 pub mod bench;
 pub mod data;
+pub use adp_kernels::denormals;
 pub mod device;
 pub mod eval;
 pub mod interop;
