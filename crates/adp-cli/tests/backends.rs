@@ -256,14 +256,12 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
     );
 }
 
-/// `adp bench --devices` measures with the placement and says so in its table and its JSON.
-#[test]
-fn a_member_parallel_benchmark_names_its_placement() {
-    let json = scratch().join("bench-placed.json");
-    let o = adp_ok(&[
+/// `adp bench` of two CNN members on a batch of 4, one step and FGSM, with `extra` arguments:
+/// its Markdown table and its JSON report.
+fn tiny_bench(name: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let json = scratch().join(format!("{name}.json"));
+    let mut args = vec![
         "bench",
-        "--devices",
-        "cpu,cpu",
         "--models",
         "cnn",
         "--members",
@@ -278,15 +276,22 @@ fn a_member_parallel_benchmark_names_its_placement() {
         "fgsm",
         "--json",
         json.to_str().unwrap(),
-    ]);
-    let table = common::stdout(&o);
+    ];
+    args.extend(extra);
+    let table = common::stdout(&adp_ok(&args));
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (table, report)
+}
+
+/// `adp bench --devices` measures with the placement and says so in its table and its JSON.
+#[test]
+fn a_member_parallel_benchmark_names_its_placement() {
+    let (table, report) = tiny_bench("bench-placed", &["--devices", "cpu,cpu"]);
     assert!(
         table.contains("Device: member-parallel on cpu,cpu"),
         "{table}"
     );
     assert!(table.contains("| train ADP | Cnn | 2 |"), "{table}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(
         report["config"]["devices"],
         serde_json::json!(["cpu", "cpu"])
@@ -297,37 +302,16 @@ fn a_member_parallel_benchmark_names_its_placement() {
 /// reads the control register of its own thread and of every thread of rayon's pool.
 #[test]
 fn the_cpu_threads_flush_subnormals_unless_told_to_keep_them() {
-    for (flag, table_says, json_says) in [
-        (None, "subnormals flushed to zero", true),
+    let x86 = cfg!(target_arch = "x86_64");
+    for (flag, table_says, flushed) in [
+        (None, "subnormals flushed to zero", x86),
         (Some("--keep-denormals"), "subnormals kept", false),
     ] {
-        let json = scratch().join(format!("bench-subnormals-{json_says}.json"));
-        let mut args = vec![
-            "bench",
-            "--models",
-            "cnn",
-            "--members",
-            "2",
-            "--batch-size",
-            "4",
-            "--warmup",
-            "0",
-            "--steps",
-            "1",
-            "--attacks",
-            "fgsm",
-            "--json",
-            json.to_str().unwrap(),
-        ];
-        args.extend(flag);
-        let table = common::stdout(&adp_ok(&args));
-        let x86 = cfg!(target_arch = "x86_64");
-        if x86 || !json_says {
+        let (table, report) = tiny_bench(&format!("bench-flush-{flushed}"), &Vec::from_iter(flag));
+        if x86 || flag.is_some() {
             assert!(table.contains(table_says), "{flag:?}: {table}");
         }
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert_eq!(report["flush_to_zero"], json_says && x86, "{flag:?}");
+        assert_eq!(report["flush_to_zero"], flushed, "{flag:?}");
     }
 }
 
