@@ -31,8 +31,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Keep subnormal floats in CPU arithmetic, as IEEE 754 prescribes, instead of flushing them
-    /// to zero (the default; `adp::denormals`): bit for bit the arithmetic of versions before the
-    /// flush, and much slower wherever a softmax saturates.
+    /// to zero (the default; `adp::denormals`): much slower wherever a softmax saturates.
     #[arg(long, global = true)]
     keep_denormals: bool,
 }

@@ -5,23 +5,24 @@
 //! wherever a softmax saturates, since ∂(−log p_y)/∂z_j = p_j is then below that bound: on a
 //! confidently classified image, which is what an attack starts from, and on an untrained
 //! ResNet-20 in eval mode. Measured on this crate's convolution (example `conv_timing`): with
-//! every output gradient around 1e-39, its input and weight gradients took about 100 times
-//! longer than with ordinary values; PyTorch 2.9's CPU convolution slowed about 40 times in the
+//! every output gradient around 1e-39, its input and weight gradients took 50 to 65 times
+//! longer than with ordinary values; PyTorch 2.9's CPU convolution slowed about 100 times in the
 //! same test (docs/performance.md).
 //!
 //! Flushing sets two bits of the thread's floating-point control register (x86-64 `MXCSR`):
 //! FTZ writes zero instead of a subnormal result, DAZ reads a subnormal input as zero. An attack
 //! changes only where a whole input gradient falls below 1.18e-38, a softmax saturated beyond
 //! e^−87 in every member: there the gradient becomes exactly zero, and counts in the
-//! zero-gradient indicator of `adp eval`, where IEEE arithmetic would keep its sign. TensorFlow, the framework of the official ADP code, flushes subnormals in the threads
-//! of its CPU thread pool in the same way; PyTorch keeps them unless told otherwise
+//! zero-gradient indicator of `adp eval`, where IEEE arithmetic would keep its sign.
+//! TensorFlow, the framework of the official ADP code, flushes subnormals in the threads of its
+//! CPU thread pool in the same way; PyTorch keeps them unless told otherwise
 //! (`torch.set_flush_denormal`).
 //!
-//! The register is per thread (a new thread starts with its creator's). [`flush_to_zero`] sets it on the calling thread and on every
-//! thread of rayon's global pool, where burn's `flex` backend and this crate's kernels compute.
-//! `adp` re-exports this module as `adp::denormals`; its command line flushes unless given
-//! `--keep-denormals`.
-//! Only x86-64 is supported; elsewhere the functions report `false` and subnormals are kept.
+//! The register is per thread (a new thread starts with its creator's). [`flush_to_zero`] sets
+//! it on the calling thread and on every thread of rayon's global pool, where burn's `flex`
+//! backend and this crate's kernels compute. `adp` re-exports this module as `adp::denormals`;
+//! its command line flushes unless given `--keep-denormals`. Only x86-64 is supported;
+//! elsewhere the functions report `false` and subnormals are kept.
 
 /// FTZ (bit 15) and DAZ (bit 6) of `MXCSR`.
 #[cfg(target_arch = "x86_64")]

@@ -8,7 +8,7 @@
 //! Every kernel is checked against burn's own operation and against finite differences, in
 //! values and in both gradients (`cargo test -p adp-kernels`). [`denormals`] flushes subnormal
 //! floats to zero in the CPU threads, which saturated softmaxes otherwise fill backward passes
-//! with at a hundredfold cost.
+//! with at 50 to 100 times the cost.
 
 pub mod batch_norm;
 pub mod conv;
