@@ -178,3 +178,83 @@ fn reproduce_tsne_tiny_embeds_every_member_of_two_methods() {
         }
     }
 }
+
+#[test]
+fn reproduce_keeps_each_attack_result_and_reuses_a_merged_sharded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_synthetic_mnist(&data, 300, 100, 7).unwrap();
+    let out = dir.path().join("out");
+    let first = adp_ok(&reproduce_tiny_args("mnist", &data, &out));
+    let first_err = common::stderr(&first);
+    assert_eq!(first_err.matches("(measured)").count(), 6, "{first_err}");
+    let report = || std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let measured = report();
+
+    // Run again: every attack of every method is reused, with the same numbers.
+    let again = common::stderr(&adp_ok(&reproduce_tiny_args("mnist", &data, &out)));
+    assert_eq!(
+        again.matches("(kept from an earlier run)").count(),
+        6,
+        "{again}"
+    );
+    assert!(!again.contains("(measured)"), "{again}");
+    assert_eq!(report(), measured);
+
+    // With the kept results gone, PGD on the ECE run measured by `adp eval` as a shard and
+    // merged, and FGSM on ADP_{2,0.5} measured by a whole `adp eval`, count for the
+    // reproduction; the other two attacks of those runs are measured again.
+    let (ece, adp) = (out.join("ece"), out.join("adp-2-0.5"));
+    let eval = |run: &Path, attack: &str, shard: &[&str]| {
+        let mut args = vec![
+            "eval",
+            run.to_str().unwrap(),
+            "--attack",
+            attack,
+            "--eps",
+            "0.1",
+            "--limit",
+            "32",
+            "--batch-size",
+            "250",
+            "--no-indicators",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend(shard);
+        adp_ok(&args);
+    };
+    for run in [&ece, &adp] {
+        std::fs::remove_dir_all(run.join("results")).unwrap();
+    }
+    eval(&ece, "pgd", &["--shard", "0/1"]);
+    adp_ok(&["merge", ece.to_str().unwrap()]);
+    eval(&adp, "fgsm", &[]);
+    let last = common::stderr(&adp_ok(&reproduce_tiny_args("mnist", &data, &out)));
+    let ece_lines: Vec<&str> = last.lines().filter(|l| l.starts_with("ECE: ")).collect();
+    assert!(
+        ece_lines
+            .iter()
+            .any(|l| l.starts_with("ECE: FGSM") && l.ends_with("(measured)")),
+        "{last}"
+    );
+    assert!(
+        ece_lines
+            .iter()
+            .any(|l| l.starts_with("ECE: PGD") && l.ends_with("(kept from an earlier run)")),
+        "{last}"
+    );
+    assert!(
+        last.lines().any(
+            |l| l.starts_with("ADP_{2,0.5}: FGSM") && l.ends_with("(kept from an earlier run)")
+        ),
+        "{last}"
+    );
+    // ADP_{2,0} kept both of its own.
+    assert_eq!(
+        last.matches("(kept from an earlier run)").count(),
+        4,
+        "{last}"
+    );
+    assert_eq!(report(), measured);
+}

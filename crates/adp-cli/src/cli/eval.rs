@@ -10,6 +10,7 @@ use adp::attack::AttackSpec;
 use adp::eval::indicators::{
     Failure, IndicatorSettings, Indicators, indicator_budgets, indicators, reported_accuracy,
 };
+use adp::eval::store::{self, ResultKey};
 use adp::eval::{EvalReport, clean, robust};
 
 use super::common::{AttackList, AttackParams, Loaded, TestSet, load_for_eval};
@@ -92,6 +93,11 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         );
         for s in 1..a.seeds as u64 {
             result.repeats.push(run(on.seed + s)?.accuracy);
+        }
+        if a.seeds == 1 {
+            // Kept for `adp reproduce`, which reuses it where it asks for the same measurement.
+            let key = ResultKey::new(&a.run, &test, spec, a.targeted, on.seed, on.batch_size)?;
+            store::keep(&a.run, &key, &result)?;
         }
         report.robust.push(result);
     }

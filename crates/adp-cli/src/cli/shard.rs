@@ -83,6 +83,7 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
                 run.join("eval.json").display()
             )
         })?;
+        adp::eval::store::keep_report(run, &parts[0].key, &report)?;
         println!(
             "merged {} shards into {}/eval.json and eval.csv",
             parts.len(),

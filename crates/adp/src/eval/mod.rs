@@ -19,6 +19,7 @@ pub mod indicators;
 pub mod neighbours;
 pub mod roc;
 pub mod shard;
+pub mod store;
 pub mod transfer;
 pub mod tsne;
 

@@ -45,15 +45,20 @@ pub struct PeersConfig {
 impl PeersConfig {
     /// The comparison at `preset` on `dataset`: PGD and APGD-CE at ε 0.1 and 0.15 (MNIST, the
     /// ε of Pang et al.'s Table 2) or 0.01 and 0.02 (CIFAR, the ε of Pang et al. and of DVERGE's
-    /// white-box table), AutoAttack at the first ε; the `tiny` preset keeps PGD and APGD-CE at
-    /// the first ε only.
+    /// white-box table), AutoAttack at the first ε, on the first 500 test images at the `cpu`
+    /// preset; the `tiny` preset keeps PGD and APGD-CE at the first ε only.
     pub fn preset(
         preset: Preset,
         dataset: DatasetKind,
         data_dir: PathBuf,
         device: DeviceKind,
     ) -> Self {
-        let reproduce = ReproduceConfig::preset(preset, dataset, data_dir, device);
+        let mut reproduce = ReproduceConfig::preset(preset, dataset, data_dir, device);
+        if preset == Preset::Cpu {
+            // AutoAttack costs 5.5-14 core-seconds per image on these members
+            // (docs/autoattack-cpu.md), APGD-CE a tenth of that at each ε.
+            reproduce.attack_examples = reproduce.attack_examples.min(500);
+        }
         let eps = if dataset.cifar().is_some() {
             [0.01, 0.02]
         } else {
@@ -299,6 +304,10 @@ mod tests {
         assert_eq!(start, Some(PathBuf::from("out/ece")));
         let names: Vec<String> = c.attacks.iter().map(|a| a.kind.name().into()).collect();
         assert_eq!(names, ["pgd", "pgd", "apgd-ce", "apgd-ce", "autoattack"]);
+        assert_eq!(
+            (c.reproduce.attack_examples, c.transfer_examples),
+            (500, 500)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{AttackKind, AttackSpec};
 use crate::data::{Dataset, DatasetKind, Normalization, Split, fetch, load_dataset};
 use crate::device::DeviceKind;
+use crate::eval::store::{self, ResultKey};
 use crate::eval::{EvalReport, clean, robust};
 use crate::loss::Diversity;
 use crate::model::ModelKind;
@@ -248,7 +249,9 @@ pub fn reproduce(config: &ReproduceConfig, out: &Path) -> Result<(Vec<EvalReport
 
 /// Trains (or reuses) the run of `tc` inside `out`, measures its clean error on `clean_set`
 /// (Table 1) and its accuracy under each of `attacks` on `attack_set` (Tables 2-5), saves them
-/// as the run's `eval.json` / `eval.csv` and returns them.
+/// as the run's `eval.json` / `eval.csv` and returns them. Every attack result is kept in the
+/// run ([`crate::eval::store`]) as soon as it is measured, and one already kept for the same
+/// weights, images, attack, seed and batch size is reused rather than measured again.
 pub fn evaluate_method(
     tc: &TrainConfig,
     out: &Path,
@@ -271,12 +274,21 @@ pub fn evaluate_method(
         indicators: Vec::new(),
     };
     for spec in attacks {
-        let r = robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?;
+        let key = ResultKey::new(&run, attack_set, spec, false, tc.seed, batch_size)?;
+        let (r, how) = match store::find(&run, &key)? {
+            Some(r) => (r, "kept from an earlier run"),
+            None => {
+                let r = robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?;
+                store::keep(&run, &key, &r)?;
+                (r, "measured")
+            }
+        };
         crate::progress::note(&format!(
-            "{}: {} accuracy {:.1}%",
+            "{}: {} accuracy {:.1}% on {} images ({how})",
             report.label,
             r.description,
-            100.0 * r.accuracy
+            100.0 * r.accuracy,
+            r.examples
         ));
         report.robust.push(r);
     }
