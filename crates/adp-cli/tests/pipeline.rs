@@ -293,6 +293,101 @@ fn a_killed_run_resumes_to_the_same_weights() {
     );
 }
 
+#[test]
+fn a_run_killed_within_an_epoch_resumes_at_its_step_to_the_same_weights_and_metrics() {
+    let data = data_dir();
+    let (a, b) = (
+        scratch().join("whole-epoch"),
+        scratch().join("killed-within"),
+    );
+    // ResNet-20 members make a step long enough (tenths of a second) to kill the run between
+    // two of them; a checkpoint is taken after every step.
+    let args = |out: &Path| {
+        let mut v = train_args(data.to_str().unwrap(), out.to_str().unwrap(), "1");
+        v[2] = "resnet20";
+        v.extend(["--checkpoint-minutes", "0.000001"]);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let strs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
+    let o = adp_ok(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        std::fs::read_dir(a.join("checkpoint")).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("-step-")),
+        "the epoch's checkpoint did not replace those within it"
+    );
+    drop(o);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adp"))
+        .args(args(&b))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let within = |run: &Path| -> Vec<String> {
+        std::fs::read_dir(run.join("checkpoint"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains("-step-") && !n.ends_with(".tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while !within(&b)
+        .iter()
+        .any(|n| n.as_str() >= "epoch-0000-step-000003")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint within the epoch appeared ({})",
+            strs(&args(&b))
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !b.join("latest.json").exists(),
+        "the epoch ended before the run was killed"
+    );
+
+    // With another batch size the steps it recorded mean other images: the resume is refused.
+    let config = b.join("config.toml");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, saved.replace("batch_size = 64", "batch_size = 32")).unwrap();
+    assert_one_error(
+        &adp(&["train", "--resume", b.to_str().unwrap()]),
+        "`batch_size` was 64, but the run now asks for 32",
+        "a checkpoint within an epoch resumed with another batch size",
+    );
+    std::fs::write(&config, saved).unwrap();
+
+    let o = adp_ok(&["train", "--resume", b.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("at step") && stderr(&o).contains("of epoch 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        tensors(&a.join("model.safetensors")) == tensors(&b.join("model.safetensors")),
+        "resumed weights differ from the uninterrupted run's"
+    );
+    // The epoch's metrics (all but its seconds) are those of the uninterrupted epoch.
+    let metrics = |run: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(run.join("history.csv")).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut cells: Vec<&str> = l.split(',').collect();
+                cells.remove(7);
+                cells.join(",")
+            })
+            .collect()
+    };
+    assert_eq!(metrics(&a), metrics(&b));
+}
+
 /// The tensors of a safetensors file by name, as raw bytes (the header's metadata map may list
 /// its keys in any order, so files are compared tensor by tensor).
 fn tensors(path: &Path) -> std::collections::BTreeMap<String, (serde_json::Value, Vec<u8>)> {

@@ -95,6 +95,10 @@ pub struct TrainArgs {
     /// output on D1 (instead of --device). ECE and ADP only.
     #[arg(long, value_delimiter = ',', num_args = 1, conflicts_with = "device")]
     pub devices: Vec<DeviceSpec>,
+    /// Minutes between the checkpoints taken within an epoch (a killed run resumes at the step
+    /// of the newest one); 0: at the end of each epoch only.
+    #[arg(long, default_value_t = adp::train::default_checkpoint_minutes())]
+    pub checkpoint_minutes: f64,
     /// Run directory to create.
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
@@ -152,6 +156,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         device: a.devices.first().map_or(a.device, |d| d.kind),
         devices: a.devices,
         imported_from: None,
+        checkpoint_minutes: a.checkpoint_minutes,
     };
     let out = a.out.expect("clap requires --out without --resume");
     let (_, state) = train(&config, &out, false)?;

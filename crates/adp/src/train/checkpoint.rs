@@ -7,6 +7,9 @@
 //!                                 parameter ids the optimizer states refer to), optim-K.bpk,
 //!                                 state.json, manifest.json (epoch, seed, backend,
 //!                                 versions and the full configuration)
+//! RUN_DIR/checkpoint/epoch-NNNN-step-SSSSSS/
+//!                                 a checkpoint within epoch N+1, after S of its steps: the
+//!                                 same files and progress.json (the epoch's sums so far)
 //! RUN_DIR/latest.json             the newest complete checkpoint (written last, atomically)
 //! RUN_DIR/history.csv             one row of training metrics per epoch
 //! RUN_DIR/model.safetensors       the final weights
@@ -15,7 +18,9 @@
 //! ```
 //! A checkpoint directory is filled under a temporary name and renamed when complete, and
 //! `latest.json` is replaced only after that, so a run killed at any instant resumes from the last
-//! complete epoch. `latest.json` is a pointer for people and tools: the newest complete
+//! complete epoch, or from the newest checkpoint within the epoch after it (taken every
+//! `checkpoint_minutes`; each replaces the one before, and the epoch's own checkpoint replaces
+//! them). `latest.json` is a pointer for people and tools: the newest complete
 //! `checkpoint/epoch-*` is what a resume continues from, so losing `latest.json`, or one pointing
 //! at a removed epoch, loses nothing. Every manifest records the SHA-256 of each weight file
 //! beside it, and loading verifies it; the weights are written byte-for-byte deterministically.
@@ -198,12 +203,50 @@ pub(crate) fn save_checkpoint(
     optims: &[ModuleOptimizer],
     state: &TrainState,
 ) -> Result<()> {
-    let final_dir = checkpoint_dir(run, state.epoch);
-    let tmp = final_dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+    let tmp = checkpoint_dir(run, state.epoch).with_extension("tmp");
+    write_checkpoint(&tmp, config, model, optims, state)?;
+    commit_checkpoint(run, &tmp, state.epoch)
+}
+
+/// Writes a checkpoint within the epoch after `state.epoch`, `progress.steps` steps into it:
+/// the files of a complete checkpoint and `progress.json`, under a temporary name renamed when
+/// complete; then removes the older checkpoints within that epoch, which it replaces.
+pub(crate) fn save_within(
+    run: &Path,
+    config: &TrainConfig,
+    model: &Ensemble,
+    optims: &[ModuleOptimizer],
+    state: &TrainState,
+    progress: &EpochProgress,
+) -> Result<()> {
+    let dir = within_dir(run, state.epoch, progress.steps);
+    let tmp = dir.with_extension("tmp");
+    write_checkpoint(&tmp, config, model, optims, state)?;
+    crate::io::write_json(&tmp.join(PROGRESS_FILE), progress)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot replace {}", dir.display()))?;
     }
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    remove_within_before(run, state.epoch, progress.steps)
+}
+
+/// Fills `tmp` (emptied first) with a checkpoint's files.
+fn write_checkpoint(
+    tmp: &Path,
+    config: &TrainConfig,
+    model: &Ensemble,
+    optims: &[ModuleOptimizer],
+    state: &TrainState,
+) -> Result<()> {
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp)?;
+    }
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // burn's batch norm keeps its last running-statistics update pending until the next step
+    // reads it (`RunningState::value_sync`), and saving reads the value without it; `valid`
+    // merges it (the next step would have merged the same one, so training is unchanged).
+    drop(model.valid());
     let mut hashes = vec![(
         "model.safetensors".to_string(),
         save_model(model, &tmp.join("model.safetensors"))?,
@@ -224,8 +267,7 @@ pub(crate) fn save_checkpoint(
     }
     crate::io::write_json(&tmp.join("state.json"), state)?;
     let manifest = Manifest::new(config, state.epoch, hashes);
-    crate::io::write_json(&tmp.join("manifest.json"), &manifest)?;
-    commit_checkpoint(run, &tmp, state.epoch)
+    crate::io::write_json(&tmp.join("manifest.json"), &manifest)
 }
 
 /// Checks `bytes`, read from `path`, against the SHA-256 that the `manifest.json` beside it
@@ -375,8 +417,93 @@ pub fn checkpoints(run: &Path) -> Result<Vec<Found>> {
     Ok(found)
 }
 
+/// Directory name of the checkpoint within the epoch after `epoch` finished epochs, `steps`
+/// steps into it.
+pub fn within_dir(run: &Path, epoch: usize, steps: usize) -> PathBuf {
+    run.join("checkpoint")
+        .join(format!("epoch-{epoch:04}-step-{steps:06}"))
+}
+
+/// The file of a checkpoint within an epoch that holds the epoch's progress.
+pub const PROGRESS_FILE: &str = "progress.json";
+
+/// How far an epoch had gone when a checkpoint within it was taken: what the rest of the epoch
+/// needs to give the metrics an uninterrupted epoch gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    /// Finished epochs before this one.
+    pub epoch: usize,
+    /// Steps of this epoch done.
+    pub steps: usize,
+    /// Sums over the examples seen of the loss, L_ECE, the entropy, log ED and the correct
+    /// predictions.
+    pub sums: [f64; 5],
+    /// Sums over the examples seen of each member's cross-entropy.
+    pub member_ce: Vec<f64>,
+    /// Examples seen.
+    pub seen: usize,
+    /// Wall-clock seconds of the epoch so far.
+    pub seconds: f64,
+}
+
+/// One `checkpoint/epoch-N-step-S` directory of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundWithin {
+    /// Finished epochs N before it.
+    pub epoch: usize,
+    /// Steps S of epoch N + 1 done.
+    pub steps: usize,
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+/// Every `checkpoint/epoch-N-step-S` directory of `run` (temporary `.tmp` ones excluded),
+/// oldest first.
+pub fn within_checkpoints(run: &Path) -> Result<Vec<FoundWithin>> {
+    let root = run.join("checkpoint");
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    let mut found = Vec::new();
+    for entry in
+        std::fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((e, st)) = name
+            .strip_prefix("epoch-")
+            .and_then(|rest| rest.split_once("-step-"))
+            .filter(|(e, st)| digits(e) && digits(st))
+        else {
+            continue;
+        };
+        let (Ok(epoch), Ok(steps)) = (e.parse(), st.parse()) else {
+            continue;
+        };
+        found.push(FoundWithin {
+            epoch,
+            steps,
+            dir: entry.path(),
+        });
+    }
+    found.sort_by_key(|f| (f.epoch, f.steps));
+    Ok(found)
+}
+
+/// Removes the checkpoints within epochs that a checkpoint `steps` steps after `epoch` finished
+/// epochs replaces: those before it.
+fn remove_within_before(run: &Path, epoch: usize, steps: usize) -> Result<()> {
+    for f in within_checkpoints(run)? {
+        if (f.epoch, f.steps) < (epoch, steps) {
+            std::fs::remove_dir_all(&f.dir).ok();
+        }
+    }
+    Ok(())
+}
+
 /// Moves a fully written temporary checkpoint into place and points `latest.json` at it;
-/// keeps the two newest checkpoints. Refuses to replace an existing checkpoint of that epoch.
+/// keeps the two newest checkpoints and removes those taken within earlier epochs. Refuses to replace an existing checkpoint of that epoch.
 pub fn commit_checkpoint(run: &Path, tmp: &Path, epoch: usize) -> Result<()> {
     let dir = checkpoint_dir(run, epoch);
     ensure!(
@@ -394,7 +521,8 @@ pub fn commit_checkpoint(run: &Path, tmp: &Path, epoch: usize) -> Result<()> {
     for f in &old[..keep_from] {
         std::fs::remove_dir_all(&f.dir).ok();
     }
-    Ok(())
+    // The epoch's checkpoint replaces those taken within it.
+    remove_within_before(run, epoch, 0)
 }
 
 /// The newest complete checkpoint of a run, if any: the newest `checkpoint/epoch-N` holding
@@ -453,4 +581,43 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(ModelSpec, Ensemble)> {
     };
     let model = load_model(spec.init(device), &weights)?;
     Ok((spec, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_within_epochs_are_listed_in_order_without_the_unfinished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        for name in [
+            "epoch-0001-step-000010",
+            "epoch-0001-step-000002",
+            "epoch-0000-step-000005.tmp",
+            "epoch-0002",
+            "epoch-0002-step-",
+        ] {
+            std::fs::create_dir_all(run.join("checkpoint").join(name)).unwrap();
+        }
+        let found: Vec<(usize, usize)> = within_checkpoints(run)
+            .unwrap()
+            .iter()
+            .map(|f| (f.epoch, f.steps))
+            .collect();
+        assert_eq!(found, [(1, 2), (1, 10)]);
+        assert_eq!(
+            within_dir(run, 1, 10),
+            run.join("checkpoint/epoch-0001-step-000010")
+        );
+        assert_eq!(
+            checkpoints(run).unwrap().len(),
+            1,
+            "only epoch-0002 is an epoch's own"
+        );
+        remove_within_before(run, 1, 10).unwrap();
+        assert_eq!(within_checkpoints(run).unwrap().len(), 1);
+        remove_within_before(run, 2, 0).unwrap();
+        assert!(within_checkpoints(run).unwrap().is_empty());
+    }
 }

@@ -119,6 +119,16 @@ pub struct TrainConfig {
     /// belongs to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<PathBuf>,
+    /// Minutes between the checkpoints taken within an epoch, which a resume continues from at
+    /// the step they record; 0 checkpoints at the end of each epoch only. Part of the schedule:
+    /// it changes no weight.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
+}
+
+/// [`TrainConfig::checkpoint_minutes`] unless set: 10.
+pub fn default_checkpoint_minutes() -> f64 {
+    10.0
 }
 
 impl TrainConfig {
@@ -151,6 +161,7 @@ impl TrainConfig {
             device: DeviceKind::Cpu,
             devices: Vec::new(),
             imported_from: None,
+            checkpoint_minutes: default_checkpoint_minutes(),
         }
     }
 
@@ -287,6 +298,12 @@ impl TrainConfig {
             "{} must be at least 1",
             field("train_limit")
         );
+        ensure!(
+            self.checkpoint_minutes.is_finite() && self.checkpoint_minutes >= 0.0,
+            "{} must be >= 0 (0: at the end of each epoch only), got {}",
+            field("checkpoint_minutes"),
+            self.checkpoint_minutes
+        );
         let section = |r: Result<()>, name: &str| match file {
             None => r,
             Some(f) => {
@@ -327,7 +344,7 @@ impl TrainConfig {
 
     /// This configuration with the training schedule of `other`: `epochs`, `batch_size`, the
     /// learning rates (`lr`, `lr_drops`, `lr_drop_factor`, `member_lr`), `freeze`, `l2`,
-    /// `device`, `devices` and `data_dir`. A resume may change these (to train longer, say); everything else
+    /// `device`, `devices`, `data_dir` and `checkpoint_minutes`. A resume may change these (to train longer, say); everything else
     /// defines the model, its data or its objective and must match the checkpoint.
     pub fn with_schedule_of(&self, other: &TrainConfig) -> TrainConfig {
         TrainConfig {
@@ -342,6 +359,7 @@ impl TrainConfig {
             device: other.device,
             devices: other.devices.clone(),
             data_dir: other.data_dir.clone(),
+            checkpoint_minutes: other.checkpoint_minutes,
             ..self.clone()
         }
     }

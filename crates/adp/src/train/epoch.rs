@@ -3,6 +3,7 @@
 //! epoch and `history.csv`.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use burn::module::Module;
@@ -12,7 +13,7 @@ use burn::store::ModuleSnapshot;
 use serde::{Deserialize, Serialize};
 
 use super::adversarial::adversarial_batch;
-use super::checkpoint::ModelSpec;
+use super::checkpoint::{EpochProgress, ModelSpec, save_within};
 use super::peers::{self, Objective};
 use super::resume::last_good;
 use super::{TrainConfig, TrainState, dverge, gal, trs};
@@ -152,6 +153,9 @@ pub fn initial_ensemble(spec: &ModelSpec, seed: u64, device: &Device) -> Result<
     Ok(moved)
 }
 
+/// Runs the epoch after `state.epoch` finished ones, from its start or from `from`, the
+/// progress of a checkpoint within it; takes a checkpoint within the epoch every
+/// `config.checkpoint_minutes`. The metrics' `seconds` count the epoch's time before `from`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_epoch(
     config: &TrainConfig,
@@ -160,10 +164,14 @@ pub(super) fn run_epoch(
     mut model: Ensemble,
     optims: &mut [ModuleOptimizer],
     state: &TrainState,
+    from: Option<EpochProgress>,
     device: &Device,
     run: &Path,
 ) -> Result<(Ensemble, EpochMetrics)> {
     let epoch = state.epoch;
+    let started = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let interval = Duration::from_secs_f64(60.0 * config.checkpoint_minutes);
     let mut batcher = Batcher::shuffled(data, config.batch_size, config.seed, epoch);
     if config.augment {
         batcher = batcher.augmented(config.seed, epoch);
@@ -187,10 +195,17 @@ pub(super) fn run_epoch(
         }
         _ => None,
     };
-    let mut sums = [0f64; 5]; // loss, ece, entropy, log_det, correct
-    let mut member_ce = vec![0f64; k];
-    let mut seen = 0usize;
-    for i in 0..batcher.num_batches() {
+    let mut p = from.unwrap_or(EpochProgress {
+        epoch,
+        steps: 0,
+        sums: [0.0; 5],
+        member_ce: vec![0.0; k],
+        seen: 0,
+        seconds: 0.0,
+    });
+    let before = p.seconds;
+    bar.inc(p.steps as u64);
+    for i in p.steps..batcher.num_batches() {
         let mut batch = batcher.batch(i, device);
         if let Some(adv) = &config.adv_train {
             batch = adversarial_batch(&model, batch, adv, config.seed, epoch, i).0;
@@ -225,39 +240,49 @@ pub(super) fn run_epoch(
             }
         };
         model = next;
-        for (acc, ce) in member_ce.iter_mut().zip(&m.member_ce) {
+        for (acc, ce) in p.member_ce.iter_mut().zip(&m.member_ce) {
             *acc += ce * n as f64;
         }
-        for (s, p) in sums.iter_mut().zip([m.loss, m.ece, m.entropy, m.log_det]) {
-            *s += p * n as f64;
+        for (s, v) in p.sums.iter_mut().zip([m.loss, m.ece, m.entropy, m.log_det]) {
+            *s += v * n as f64;
         }
-        sums[4] += m.correct as f64;
-        seen += n;
+        p.sums[4] += m.correct as f64;
+        p.seen += n;
+        p.steps = i + 1;
         bar.inc(1);
         if i % 10 == 0 {
             bar.set_message(format!(
                 "loss {:.3} acc {:.1}% logED {:.2}",
-                sums[0] / seen as f64,
-                100.0 * sums[4] / seen as f64,
-                sums[3] / seen as f64
+                p.sums[0] / p.seen as f64,
+                100.0 * p.sums[4] / p.seen as f64,
+                p.sums[3] / p.seen as f64
             ));
+        }
+        // The epoch's own checkpoint follows its last step.
+        if config.checkpoint_minutes > 0.0
+            && last_checkpoint.elapsed() >= interval
+            && p.steps < batcher.num_batches()
+        {
+            p.seconds = before + started.elapsed().as_secs_f64();
+            save_within(run, config, &model, optims, state, &p)?;
+            last_checkpoint = Instant::now();
         }
     }
     bar.finish();
-    let s = seen as f64;
+    let s = p.seen as f64;
     Ok((
         model,
         EpochMetrics {
             epoch: epoch + 1,
-            loss: sums[0] / s,
-            ece: sums[1] / s,
-            entropy: sums[2] / s,
-            log_det: sums[3] / s,
-            accuracy: sums[4] / s,
-            member_ce: member_ce.iter().map(|c| c / s).collect(),
+            loss: p.sums[0] / s,
+            ece: p.sums[1] / s,
+            entropy: p.sums[2] / s,
+            log_det: p.sums[3] / s,
+            accuracy: p.sums[4] / s,
+            member_ce: p.member_ce.iter().map(|c| c / s).collect(),
             lr: config.lr_at(epoch, 0),
             frozen: Vec::new(),
-            seconds: 0.0,
+            seconds: before + started.elapsed().as_secs_f64(),
         },
     ))
 }

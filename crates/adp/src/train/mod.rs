@@ -24,7 +24,6 @@ mod resume;
 pub mod trs;
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -34,12 +33,12 @@ use crate::data::{Dataset, Split, load_dataset};
 use crate::model::{Ensemble, MemberConfig};
 pub use checkpoint::Manifest;
 use checkpoint::{ModelSpec, save_checkpoint, save_model};
-pub use config::{FreezeConfig, Method, TrainConfig};
+pub use config::{FreezeConfig, Method, TrainConfig, default_checkpoint_minutes};
 pub use epoch::{EpochMetrics, NonFinite, StepMetrics, initial_ensemble, train_step};
 use epoch::{check_finite, non_finite_weights, run_epoch, write_history};
 use peers::Objective;
 pub use resume::TrainState;
-use resume::{check_resume, last_good, refuse_existing};
+use resume::{check_resume, find_within, last_good, refuse_existing, restore_within};
 
 /// The burn release `adp` is built against (kept in step with Cargo.toml).
 pub const BURN_VERSION: &str = "0.22.1";
@@ -134,11 +133,21 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
     {
         model = dverge::start_from(&from, &spec, &ad)?;
     }
+    let mut within = None;
+    if resume && let Some(w) = find_within(config, run, state.epoch)? {
+        let (m, progress) = restore_within(&w, &state, model, &mut optims)?;
+        crate::progress::note(&format!(
+            "resuming {} at step {} of epoch {}",
+            run.display(),
+            progress.steps,
+            progress.epoch + 1
+        ));
+        (model, within) = (m, Some(progress));
+    }
     model = apply_frozen(model.place(&placement), &state.frozen);
 
     let objective = config.objective();
     while state.epoch < config.epochs && state.frozen.iter().any(|f| !f) {
-        let start = Instant::now();
         let epoch = state.epoch;
         let (next, metrics) = run_epoch(
             config,
@@ -147,6 +156,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             model,
             &mut optims,
             &state,
+            within.take(),
             &ad,
             run,
         )?;
@@ -157,7 +167,6 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             frozen: state.frozen.clone(),
-            seconds: start.elapsed().as_secs_f64(),
             ..metrics
         };
         crate::progress::note(&format!(

@@ -9,7 +9,10 @@ use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Latest, Manifest, ModelSpec, checkpoint_dir, checkpoints, latest};
+use super::checkpoint::{
+    self, EpochProgress, FoundWithin, Latest, Manifest, ModelSpec, checkpoint_dir, checkpoints,
+    latest,
+};
 use super::{EpochMetrics, TrainConfig};
 use crate::model::Ensemble;
 
@@ -20,12 +23,21 @@ pub struct TrainState {
     pub epoch: usize,
     /// Members removed from the update set I.
     pub frozen: Vec<bool>,
-    /// Best epoch-mean cross-entropy of each member.
+    /// Best epoch-mean cross-entropy of each member (+∞ before its first epoch, which JSON
+    /// writes as `null`).
+    #[serde(deserialize_with = "infinite_when_null")]
     pub best_ce: Vec<f64>,
     /// Epochs since each member last improved.
     pub stale: Vec<usize>,
     /// Metrics of every finished epoch.
     pub history: Vec<EpochMetrics>,
+}
+
+/// Reads a list of numbers in which `null` stands for +∞ (serde_json writes non-finite numbers
+/// as `null`).
+fn infinite_when_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let v: Vec<Option<f64>> = Vec::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::INFINITY)).collect())
 }
 
 impl TrainState {
@@ -154,7 +166,8 @@ pub(super) fn check_resume(
     if let Some((field, was, now)) = crate::io::first_difference(&trained, config)? {
         bail!(
             "{}: `{field}` is {now}, but the checkpoint was trained with {was} ({}); only the \
-             schedule (epochs, learning rates, freezing, l2, batch size, device, data_dir) may \
+             schedule (epochs, learning rates, freezing, l2, batch size, device, data_dir, \
+             checkpoint_minutes) may \
              change on a resume. Restore config.toml, or train a new run in another directory",
             config_path.display(),
             manifest_path.display()
@@ -187,12 +200,120 @@ pub(super) fn restore(
     model: Ensemble,
     optims: &mut [ModuleOptimizer],
 ) -> Result<(Ensemble, TrainState)> {
-    let dir = run.join(&l.dir);
     let advice = resume_advice(run, l.epoch)?;
+    load_checkpoint(&run.join(&l.dir), l.epoch, members, model, optims, &advice)
+}
+
+/// The checkpoint within the epoch after `epoch` finished epochs to resume from: the newest
+/// one taken in that epoch, when it was trained with the settings of `config` (its device and
+/// checkpoint interval may differ). Refuses checkpoints within later epochs (which resuming
+/// would remove) and one of this epoch trained with other settings, naming what to move aside.
+pub(super) fn find_within(
+    config: &TrainConfig,
+    run: &Path,
+    epoch: usize,
+) -> Result<Option<FoundWithin>> {
+    let found = checkpoint::within_checkpoints(run)?;
+    let from = || match epoch {
+        0 => "the start".to_string(),
+        e => checkpoint_dir(run, e).display().to_string(),
+    };
+    if let Some(later) = found.iter().find(|f| f.epoch > epoch) {
+        bail!(
+            "{} lies in epoch {}, after the newest complete checkpoint, and resuming would remove \
+             it; restore that epoch's checkpoint, or move it out of {} to resume from {}",
+            later.dir.display(),
+            later.epoch + 1,
+            run.join("checkpoint").display(),
+            from()
+        );
+    }
+    let Some(newest) = found.into_iter().rev().find(|f| f.epoch == epoch) else {
+        return Ok(None);
+    };
+    let manifest_path = newest.dir.join("manifest.json");
+    let manifest: Manifest = crate::io::read_json(&manifest_path)?;
+    // Where the epoch runs and how often it is checkpointed may change; nothing that changes
+    // its remaining steps may.
+    let continued = TrainConfig {
+        device: config.device,
+        devices: config.devices.clone(),
+        data_dir: config.data_dir.clone(),
+        checkpoint_minutes: config.checkpoint_minutes,
+        ..manifest.config
+    };
+    if let Some((field, was, now)) = crate::io::first_difference(&continued, config)? {
+        bail!(
+            "{}: `{field}` was {was}, but the run now asks for {now}; a checkpoint within an \
+             epoch continues that epoch only with its own settings. Restore them, or move {} out \
+             of {} to resume from {}",
+            manifest_path.display(),
+            newest.dir.display(),
+            run.join("checkpoint").display(),
+            from()
+        );
+    }
+    Ok(Some(newest))
+}
+
+/// Loads the checkpoint within an epoch `w` into `model` and `optims` and returns the model
+/// with the epoch's progress; `state` is the training state the run resumed with, which the
+/// checkpoint must record too.
+pub(super) fn restore_within(
+    w: &FoundWithin,
+    state: &TrainState,
+    model: Ensemble,
+    optims: &mut [ModuleOptimizer],
+) -> Result<(Ensemble, EpochProgress)> {
+    let advice = format!(
+        "move {} out of the run to resume from the start of epoch {}",
+        w.dir.display(),
+        w.epoch + 1
+    );
+    let (model, saved) =
+        load_checkpoint(&w.dir, w.epoch, state.frozen.len(), model, optims, &advice)?;
+    let path = w.dir.join(checkpoint::PROGRESS_FILE);
+    let progress: EpochProgress = crate::io::read_json(&path)
+        .map_err(|e| anyhow::anyhow!("{e:#}; the checkpoint is corrupt: {advice}"))?;
+    ensure!(
+        progress.epoch == w.epoch && progress.steps == w.steps,
+        "{}: the progress of epoch {}, step {}, lies in {}; the checkpoint is corrupt: {advice}",
+        path.display(),
+        progress.epoch + 1,
+        progress.steps,
+        w.dir.display()
+    );
+    ensure!(
+        progress.member_ce.len() == state.frozen.len(),
+        "{}: `member_ce` has {} entries for {} members; the checkpoint is corrupt: {advice}",
+        path.display(),
+        progress.member_ce.len(),
+        state.frozen.len()
+    );
+    ensure!(
+        serde_json::to_value(&saved)? == serde_json::to_value(state)?,
+        "{} records another training state than the checkpoint of epoch {} it continues: {advice}",
+        w.dir.join("state.json").display(),
+        w.epoch
+    );
+    Ok((model, progress))
+}
+
+/// Loads the weights and optimizer states of the checkpoint in `dir` after `epoch` finished
+/// epochs, checked against their hashes, with the training state it records; errors end with
+/// `advice`.
+fn load_checkpoint(
+    dir: &Path,
+    epoch: usize,
+    members: usize,
+    model: Ensemble,
+    optims: &mut [ModuleOptimizer],
+    advice: &str,
+) -> Result<(Ensemble, TrainState)> {
     let advise = |e: anyhow::Error| anyhow::anyhow!("{e:#}; {advice}");
     let state_path = dir.join("state.json");
     let state = read_state(&state_path).map_err(advise)?;
-    state.check(members, l.epoch, &state_path).map_err(advise)?;
+    state.check(members, epoch, &state_path).map_err(advise)?;
     // burn's own format keeps the parameter ids that the optimizer states are keyed by.
     let weights = dir.join("model.bpk");
     checkpoint::verify_file(&weights).map_err(advise)?;
