@@ -94,11 +94,6 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
         for s in 1..a.seeds as u64 {
             result.repeats.push(run(on.seed + s)?.accuracy);
         }
-        if a.seeds == 1 {
-            // Kept for `adp reproduce`, which reuses it where it asks for the same measurement.
-            let key = ResultKey::new(&a.run, &test, spec, a.targeted, on.seed, on.batch_size)?;
-            store::keep(&a.run, &key, &result)?;
-        }
         report.robust.push(result);
     }
     if !a.no_indicators {
@@ -153,6 +148,18 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             a.run.join("eval.json").display()
         )
     })?;
+    if a.seeds == 1 {
+        // Kept for `adp reproduce`, which reuses a result where it asks for the same measurement.
+        for (spec, result) in specs.iter().zip(&report.robust) {
+            let key = ResultKey::new(&a.run, &test, spec, a.targeted, on.seed, on.batch_size)?;
+            store::keep(&a.run, &key, result).with_context(|| {
+                format!(
+                    "the results printed above were saved to {}, but not kept for `adp reproduce`",
+                    a.run.join("eval.json").display()
+                )
+            })?;
+        }
+    }
     println!("written to {}/eval.json and eval.csv", a.run.display());
     Ok(())
 }

@@ -83,7 +83,12 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
                 run.join("eval.json").display()
             )
         })?;
-        adp::eval::store::keep_report(run, &parts[0].key, &report)?;
+        adp::eval::store::keep_report(run, &parts[0].key, &report).with_context(|| {
+            format!(
+                "the merged results were saved to {}, but not kept for `adp reproduce`",
+                run.join("eval.json").display()
+            )
+        })?;
         println!(
             "merged {} shards into {}/eval.json and eval.csv",
             parts.len(),

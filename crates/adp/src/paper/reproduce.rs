@@ -275,21 +275,29 @@ pub fn evaluate_method(
     };
     for spec in attacks {
         let key = ResultKey::new(&run, attack_set, spec, false, tc.seed, batch_size)?;
-        let (r, how) = match store::find(&run, &key)? {
-            Some(r) => (r, "kept from an earlier run"),
-            None => {
-                let r = robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?;
-                store::keep(&run, &key, &r)?;
-                (r, "measured")
-            }
+        let (r, measured) = match store::find(&run, &key)? {
+            Some(r) => (r, false),
+            None => (
+                robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?,
+                true,
+            ),
         };
+        // Printed before it is kept: a failed write (a full disk) loses no result.
         crate::progress::note(&format!(
-            "{}: {} accuracy {:.1}% on {} images ({how})",
+            "{}: {} accuracy {:.1}% on {} images ({})",
             report.label,
             r.description,
             100.0 * r.accuracy,
-            r.examples
+            r.examples,
+            if measured {
+                "measured"
+            } else {
+                "kept from an earlier run"
+            }
         ));
+        if measured {
+            store::keep(&run, &key, &r)?;
+        }
         report.robust.push(r);
     }
     report.save(&run)?;
