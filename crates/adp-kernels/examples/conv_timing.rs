@@ -1,7 +1,7 @@
 //! Times the `flex` convolution kernels on the layer shapes of one ResNet-20 member on MNIST
 //! (batch 64): forward, input gradient and weight gradient, per layer and per member.
 //!
-//!     cargo run --release -p adp-kernels --example conv_timing -- [--gradient-scale S] [--flush]
+//!     cargo run --release --features wgpu --example conv_timing -- [--gradient-scale S] [--flush]
 //!
 //! `--gradient-scale 1e-39` multiplies the output gradient into the subnormal range, as a
 //! saturated softmax does; `--flush` flushes subnormals to zero first ([`denormals`]).
