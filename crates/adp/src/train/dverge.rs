@@ -161,10 +161,21 @@ pub fn dverge_step(
     frozen: &[bool],
 ) -> std::result::Result<(Ensemble, StepMetrics), NonFinite> {
     let (x, y) = (source.images, source.labels);
+    // The distillation needs gradients with respect to the images only: members whose
+    // parameters are not tracked (batch norm still in training mode, as before) spare the
+    // backward pass its weight gradients.
     let distilled: Vec<Tensor<4>> = model
         .members
         .iter()
-        .map(|m| distill(m, x.clone(), target.clone(), layer, config))
+        .map(|m| {
+            distill(
+                &m.clone().no_grad(),
+                x.clone(),
+                target.clone(),
+                layer,
+                config,
+            )
+        })
         .collect();
     let mut loss: Option<Tensor<1>> = None;
     for (i, m) in model.members.iter().enumerate() {
@@ -192,7 +203,16 @@ pub fn start_from(
     device: &Device,
 ) -> Result<Ensemble> {
     use anyhow::Context;
-    let (theirs, model) = super::checkpoint::load_run(from, device)
+    check_start(from, spec)?;
+    let (_, model) = super::checkpoint::load_run(from, device)
+        .with_context(|| format!("`start_from` in [dverge]: cannot load {}", from.display()))?;
+    Ok(model)
+}
+
+/// Checks that run `from` holds the members `spec` describes, without loading its weights.
+pub fn check_start(from: &std::path::Path, spec: &super::checkpoint::ModelSpec) -> Result<()> {
+    use anyhow::Context;
+    let theirs = super::checkpoint::read_spec(from)
         .with_context(|| format!("`start_from` in [dverge]: cannot load {}", from.display()))?;
     ensure!(
         &theirs == spec,
@@ -203,5 +223,5 @@ pub fn start_from(
         spec.member.input_shape,
         spec.member.mean.len()
     );
-    Ok(model)
+    Ok(())
 }

@@ -188,8 +188,10 @@ pub fn trs_step(
     let half = n / 2;
     let eps = config.eps_at(at.epoch, at.epochs);
     let clean = (half > 0).then(|| x.clone().slice([0..half, 0..c, 0..h, 0..w]).detach());
+    // The attack needs gradients with respect to the images only: a copy whose parameters are
+    // not tracked spares its backward passes the weight gradients.
     let attacked = smoothness_attack(
-        &model,
+        &model.clone().no_grad(),
         x.slice([half..n, 0..c, 0..h, 0..w]),
         y.clone().slice(half..n),
         eps,
