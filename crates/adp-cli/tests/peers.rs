@@ -97,14 +97,16 @@ fn dverge_starts_from_a_trained_ece_ensemble() {
     let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(text.contains("start_from"), "{text}");
     // A start whose members differ (here their input normalisation) is refused, naming its
-    // model.toml.
+    // model.toml, before the run writes its configuration.
+    let mismatch = scratch().join("dverge-mismatch");
     let o = train(
         "dverge",
-        &scratch().join("dverge-mismatch"),
+        &mismatch,
         "1",
         &["--dverge-from", &from, "--normalize", "mean"],
     );
     assert_fails_with(&o, "model.toml", "a start from another ensemble");
+    assert!(!mismatch.join("config.toml").exists());
 }
 
 #[test]

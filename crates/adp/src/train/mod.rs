@@ -91,6 +91,15 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
         refuse_existing(run)?;
         None
     };
+    // DVERGE's start must hold these members; its weights are loaded below.
+    if prior.is_none()
+        && let Objective::Dverge(dverge::DvergeConfig {
+            start_from: Some(from),
+            ..
+        }) = config.training_objective()
+    {
+        dverge::check_start(&from, &spec)?;
+    }
     // Every check has passed: only now is anything written.
     std::fs::create_dir_all(run.join("checkpoint"))
         .with_context(|| format!("cannot create {}", run.join("checkpoint").display()))?;
