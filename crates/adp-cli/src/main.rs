@@ -34,6 +34,10 @@ struct Cli {
     /// to zero (the default; `adp::denormals`): much slower wherever a softmax saturates.
     #[arg(long, global = true)]
     keep_denormals: bool,
+    /// Leave glibc malloc's thresholds as they are, so that freed memory goes back to the system
+    /// at once, instead of keeping it for the next step (the default; `adp::malloc`).
+    #[arg(long, global = true)]
+    malloc_defaults: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +153,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     if !cli.keep_denormals {
         adp::denormals::flush_to_zero();
+    }
+    if !cli.malloc_defaults {
+        adp::malloc::keep_freed_memory();
     }
     match cli.command {
         Command::Data { command } => cli::data::run_data(command),

@@ -315,6 +315,27 @@ fn the_cpu_threads_flush_subnormals_unless_told_to_keep_them() {
     }
 }
 
+/// malloc keeps freed memory for the next step unless `--malloc-defaults` is given: `adp bench`
+/// says which in its table and its JSON.
+#[test]
+fn malloc_keeps_freed_memory_unless_told_to_keep_its_defaults() {
+    let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+    for (flag, table_says, kept) in [
+        (None, "freed memory kept by malloc", glibc),
+        (
+            Some("--malloc-defaults"),
+            "freed memory returned by malloc",
+            false,
+        ),
+    ] {
+        let (table, report) = tiny_bench(&format!("bench-malloc-{kept}"), &Vec::from_iter(flag));
+        if glibc || flag.is_some() {
+            assert!(table.contains(table_says), "{flag:?}: {table}");
+        }
+        assert_eq!(report["malloc_keeps_freed"], kept, "{flag:?}");
+    }
+}
+
 /// A placement that cannot work is refused in one line, before the run directory is written:
 /// the peer methods (their input-gradient code runs on one device), and a `config.toml` whose
 /// `devices` does not start with its `device`.

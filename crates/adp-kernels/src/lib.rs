@@ -8,11 +8,13 @@
 //! Every kernel is checked against burn's own operation and against finite differences, in
 //! values and in both gradients (`cargo test -p adp-kernels`). [`denormals`] flushes subnormal
 //! floats to zero in the CPU threads, which saturated softmaxes otherwise fill backward passes
-//! with at 50 to 100 times the cost.
+//! with at 50 to 100 times the cost; [`malloc`] keeps freed memory in the process for the next
+//! step.
 
 pub mod batch_norm;
 pub mod conv;
 pub mod denormals;
+pub mod malloc;
 pub mod testing;
 
 use burn::prelude::Device;

@@ -104,6 +104,9 @@ pub struct BenchReport {
     /// Whether the CPU threads flushed subnormal floats to zero ([`crate::denormals`]).
     #[serde(default)]
     pub flush_to_zero: bool,
+    /// Whether malloc kept freed memory for reuse ([`crate::malloc`]).
+    #[serde(default)]
+    pub malloc_keeps_freed: bool,
     /// Settings.
     pub config: BenchConfig,
     /// Rows.
@@ -282,6 +285,7 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         baseline_rss_mib,
         flush_to_zero: crate::denormals::flushed_everywhere(),
+        malloc_keeps_freed: crate::malloc::keeps_freed_memory(),
         config: config.clone(),
         rows,
     })
@@ -290,13 +294,18 @@ pub fn run(config: &BenchConfig, mut report_row: impl FnMut(&BenchRow)) -> Resul
 /// The report as a Markdown table, with the ADP/ECE cost ratio of each training pair.
 pub fn markdown(report: &BenchReport) -> String {
     let mut s = format!(
-        "Device: {}, {} hardware threads, subnormals {}, batch {}, {} timed steps after {} warm-up\n\n| task | model | K | img/s | ms/batch | peak RSS MiB | ADP/ECE time | grad evals/s |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "Device: {}, {} hardware threads, subnormals {}, freed memory {}, batch {}, {} timed steps after {} warm-up\n\n| task | model | K | img/s | ms/batch | peak RSS MiB | ADP/ECE time | grad evals/s |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
         report.device,
         report.threads,
         if report.flush_to_zero {
             "flushed to zero"
         } else {
             "kept"
+        },
+        if report.malloc_keeps_freed {
+            "kept by malloc"
+        } else {
+            "returned by malloc"
         },
         report.config.batch_size,
         report.config.steps,

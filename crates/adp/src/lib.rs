@@ -40,6 +40,7 @@ pub mod autotune;
 pub mod bench;
 pub mod data;
 pub use adp_kernels::denormals;
+pub use adp_kernels::malloc;
 pub mod device;
 pub mod eval;
 pub mod interop;
