@@ -298,42 +298,43 @@ fn a_member_parallel_benchmark_names_its_placement() {
     );
 }
 
+/// A process-wide CPU setting that `adp bench` reports: on by default where `supported`, off with
+/// `flag`; the table says `on` or `off`, the JSON's `field` is true or false.
+fn bench_reports_setting(flag: &str, supported: bool, field: &str, [on, off]: [&str; 2]) {
+    for (extra, table_says, set) in [(None, on, supported), (Some(flag), off, false)] {
+        let (table, report) = tiny_bench(&format!("bench-{field}-{set}"), &Vec::from_iter(extra));
+        if supported || extra.is_some() {
+            assert!(table.contains(table_says), "{extra:?}: {table}");
+        }
+        assert_eq!(report[field], set, "{extra:?}");
+    }
+}
+
 /// The CPU threads flush subnormal floats to zero unless `--keep-denormals` is given: `adp bench`
 /// reads the control register of its own thread and of every thread of rayon's pool.
 #[test]
 fn the_cpu_threads_flush_subnormals_unless_told_to_keep_them() {
-    let x86 = cfg!(target_arch = "x86_64");
-    for (flag, table_says, flushed) in [
-        (None, "subnormals flushed to zero", x86),
-        (Some("--keep-denormals"), "subnormals kept", false),
-    ] {
-        let (table, report) = tiny_bench(&format!("bench-flush-{flushed}"), &Vec::from_iter(flag));
-        if x86 || flag.is_some() {
-            assert!(table.contains(table_says), "{flag:?}: {table}");
-        }
-        assert_eq!(report["flush_to_zero"], flushed, "{flag:?}");
-    }
+    bench_reports_setting(
+        "--keep-denormals",
+        cfg!(target_arch = "x86_64"),
+        "flush_to_zero",
+        ["subnormals flushed to zero", "subnormals kept"],
+    );
 }
 
 /// malloc keeps freed memory for the next step unless `--malloc-defaults` is given: `adp bench`
 /// says which in its table and its JSON.
 #[test]
 fn malloc_keeps_freed_memory_unless_told_to_keep_its_defaults() {
-    let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
-    for (flag, table_says, kept) in [
-        (None, "freed memory kept by malloc", glibc),
-        (
-            Some("--malloc-defaults"),
+    bench_reports_setting(
+        "--malloc-defaults",
+        cfg!(all(target_os = "linux", target_env = "gnu")),
+        "malloc_keeps_freed",
+        [
+            "freed memory kept by malloc",
             "freed memory returned by malloc",
-            false,
-        ),
-    ] {
-        let (table, report) = tiny_bench(&format!("bench-malloc-{kept}"), &Vec::from_iter(flag));
-        if glibc || flag.is_some() {
-            assert!(table.contains(table_says), "{flag:?}: {table}");
-        }
-        assert_eq!(report["malloc_keeps_freed"], kept, "{flag:?}");
-    }
+        ],
+    );
 }
 
 /// A placement that cannot work is refused in one line, before the run directory is written:

@@ -150,9 +150,10 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
     })?;
     if a.seeds == 1 {
         // Kept for `adp reproduce`, which reuses a result where it asks for the same measurement.
-        for (spec, result) in specs.iter().zip(&report.robust) {
-            let key = ResultKey::new(&a.run, &test, spec, a.targeted, on.seed, on.batch_size)?;
-            store::keep(&a.run, &key, result).with_context(|| {
+        let keys =
+            ResultKey::for_attacks(&a.run, &test, &specs, a.targeted, on.seed, on.batch_size)?;
+        for (key, result) in keys.iter().zip(&report.robust) {
+            store::keep(&a.run, key, result).with_context(|| {
                 format!(
                     "the results printed above were saved to {}, but not kept for `adp reproduce`",
                     a.run.join("eval.json").display()

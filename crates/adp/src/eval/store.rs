@@ -41,24 +41,29 @@ pub struct ResultKey {
 }
 
 impl ResultKey {
-    /// The key of `attack` on `data` against the weights of `run`.
-    pub fn new(
+    /// The key of each of `attacks` on `data` against the weights of `run`, in order (the
+    /// weights and the images are hashed once).
+    pub fn for_attacks(
         run: &Path,
         data: &Dataset,
-        attack: &AttackSpec,
+        attacks: &[AttackSpec],
         targeted: bool,
         seed: u64,
         batch_size: usize,
-    ) -> Result<Self> {
-        Ok(ResultKey {
-            weights_sha256: weights_sha256(run)?,
-            test_sha256: dataset_sha256(data),
-            examples: data.len(),
-            attack: attack.clone(),
-            targeted,
-            seed,
-            batch_size,
-        })
+    ) -> Result<Vec<Self>> {
+        let (weights, images) = (weights_sha256(run)?, dataset_sha256(data));
+        Ok(attacks
+            .iter()
+            .map(|attack| ResultKey {
+                weights_sha256: weights.clone(),
+                test_sha256: images.clone(),
+                examples: data.len(),
+                attack: attack.clone(),
+                targeted,
+                seed,
+                batch_size,
+            })
+            .collect())
     }
 
     /// The key of each attack of an evaluation, in order; none where the evaluation repeats

@@ -273,9 +273,9 @@ pub fn evaluate_method(
         robust: Vec::new(),
         indicators: Vec::new(),
     };
-    for spec in attacks {
-        let key = ResultKey::new(&run, attack_set, spec, false, tc.seed, batch_size)?;
-        let (r, measured) = match store::find(&run, &key)? {
+    let keys = ResultKey::for_attacks(&run, attack_set, attacks, false, tc.seed, batch_size)?;
+    for (spec, key) in attacks.iter().zip(&keys) {
+        let (r, measured) = match store::find(&run, key)? {
             Some(r) => (r, false),
             None => (
                 robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?,
@@ -296,7 +296,7 @@ pub fn evaluate_method(
             }
         ));
         if measured {
-            store::keep(&run, &key, &r)?;
+            store::keep(&run, key, &r)?;
         }
         report.robust.push(r);
     }
