@@ -195,15 +195,10 @@ pub fn dverge_step(
     update(model, optims, loss, logits, y, l2, lrs, frozen)
 }
 
-/// The trained ensemble of run `from` (its final model, or its newest checkpoint), which must
-/// have the structure `spec` of the run that starts from it.
-pub fn start_from(
-    from: &std::path::Path,
-    spec: &super::checkpoint::ModelSpec,
-    device: &Device,
-) -> Result<Ensemble> {
+/// The trained ensemble of run `from` (its final model, or its newest checkpoint), whose members
+/// [`check_start`] has checked against the run that starts from it.
+pub fn start_from(from: &std::path::Path, device: &Device) -> Result<Ensemble> {
     use anyhow::Context;
-    check_start(from, spec)?;
     let (_, model) = super::checkpoint::load_run(from, device)
         .with_context(|| format!("`start_from` in [dverge]: cannot load {}", from.display()))?;
     Ok(model)

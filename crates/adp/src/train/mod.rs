@@ -140,7 +140,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<(Ensemble
             ..
         }) = config.training_objective()
     {
-        model = dverge::start_from(&from, &spec, &ad)?;
+        model = dverge::start_from(&from, &ad)?;
     }
     let mut within = None;
     if resume && let Some(w) = find_within(config, run, state.epoch)? {
