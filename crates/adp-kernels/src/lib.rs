@@ -12,6 +12,8 @@
 //! step.
 
 pub mod batch_norm;
+#[cfg(feature = "flex")]
+mod buffer;
 pub mod conv;
 pub mod denormals;
 pub mod malloc;

@@ -9,6 +9,9 @@ use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::buffer::written;
 
 use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
@@ -76,19 +79,19 @@ fn channel_means(x: &Planes, y: &Planes, f: impl Fn(usize, f32, f32) -> f32 + Sy
         .collect()
 }
 
-/// A new `shape`d tensor whose plane `(n, c)` is `f(c, x_plane, y_plane, out_plane)`.
+/// A new `shape`d tensor whose plane `(n, c)` is `f(c, x_plane, y_plane, out_plane)`; `f` writes
+/// every value of `out_plane`.
 fn map_planes(
     x: &Planes,
     y: &Planes,
     shape: Vec<usize>,
-    f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync,
+    f: impl Fn(usize, &[f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
 ) -> FlexTensor {
-    let mut out = vec![0f32; x.data.len()];
-    out.par_chunks_mut(x.plane)
-        .zip(x.data.par_chunks(x.plane))
-        .zip(y.data.par_chunks(x.plane))
-        .enumerate()
-        .for_each(|(i, ((o, a), b))| f(i % x.channels, a, b, o));
+    let plane = x.plane;
+    let out = written(x.data.len(), plane, |i, o| {
+        let (a, b) = (&x.data[i * plane..][..plane], &y.data[i * plane..][..plane]);
+        f(i % x.channels, a, b, o)
+    });
     FlexTensor::from_data(TensorData::new(out, shape))
 }
 
@@ -148,7 +151,7 @@ impl FusedBatchNorm for Flex {
             .collect();
         let output = map_planes(&p, &p, shape, |c, a, _, o| {
             for (o, &a) in o.iter_mut().zip(a) {
-                *o = a * scale[c] + shift[c];
+                o.write(a * scale[c] + shift[c]);
             }
         });
         BatchNormOutput {
@@ -195,7 +198,7 @@ impl FusedBatchNorm for Flex {
         let x_grad = map_planes(&px, &pg, shape, |c, a, g, o| {
             let (k, m, s) = (gamma[c] * inv_std[c], mean[c], inv_std[c]);
             for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                *o = k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]);
+                o.write(k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]));
             }
         });
         let sums = |means: &[f64]| vector(means.iter().map(|&m| (m * count) as f32).collect());

@@ -1,5 +1,6 @@
-//! Convolution kernels for burn-flex: per image, one `im2col` copy and one `gemm` matrix product
-//! written straight into the NCHW output, in parallel over images.
+//! Convolution kernels for burn-flex: per image, one `im2col` copy (into a per-thread scratch
+//! buffer) and one `gemm` matrix product written straight into the NCHW output, in parallel over
+//! images.
 //!
 //! Only f32 data with `groups = 1` takes this path ([`Geometry::of`]); anything else goes to
 //! burn-flex's own.
@@ -10,6 +11,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::buffer::{assume_written, with_scratch, written, zeroed};
 
 use super::FastConv2d;
 
@@ -127,8 +131,115 @@ impl Geometry {
         (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw)
     }
 
+    /// The convolution of the `[N, C_in, H, W]` images `xs` with the `[C_out, C_in, k_h, k_w]`
+    /// weights `ws`, plus `bias` per output channel: per image, im2col into this thread's scratch
+    /// and one product written straight into the `[N, C_out, H_out, W_out]` output.
+    fn convolve(&self, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let (k, p) = (self.k(), self.p());
+        let parallelism = inner_parallelism(self.batch);
+        let (image, output) = (self.c_in * self.h * self.w, self.c_out * p);
+        written(self.batch * output, output, |b, y| {
+            with_scratch(k * p, |col| {
+                self.im2col(&xs[b * image..][..image], col);
+                matmul(
+                    Dst::Write(y),
+                    (self.c_out, k, p),
+                    ws,
+                    (k, 1),
+                    col,
+                    (p, 1),
+                    parallelism,
+                );
+            });
+            // SAFETY: the product wrote all `C_out · P` values of `y`.
+            let y = unsafe { assume_written(y) };
+            if let Some(bias) = bias {
+                for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        })
+    }
+
+    /// For stride 1 with the output as large as the input: the convolution whose output is this
+    /// one's input gradient, `∂x = conv(∂y, flipped W)` with padding `dilation·(k − 1) − padding`
+    /// ([`Self::flipped`]). It maps `[N, C_out, H, W]` to `[N, C_in, H, W]` through the same
+    /// im2col and product as the forward pass, instead of a product and a col2im sum.
+    fn transposed(&self) -> Option<Self> {
+        let same = self.stride == [1, 1] && self.out_h == self.h && self.out_w == self.w;
+        same.then(|| Self {
+            c_in: self.c_out,
+            c_out: self.c_in,
+            pad: [
+                self.dilation[0] * (self.kh - 1) - self.pad[0],
+                self.dilation[1] * (self.kw - 1) - self.pad[1],
+            ],
+            ..*self
+        })
+    }
+
+    /// The weights `[C_out, C_in, k_h, k_w]` as `[C_in, C_out, k_h, k_w]`, each kernel rotated
+    /// by 180°: `W'[c][o][i][j] = W[o][c][k_h − 1 − i][k_w − 1 − j]`.
+    fn flipped(&self, ws: &[f32]) -> Vec<f32> {
+        let taps = self.kh * self.kw;
+        let mut out = Vec::with_capacity(ws.len());
+        for c in 0..self.c_in {
+            for o in 0..self.c_out {
+                let kernel = &ws[(o * self.c_in + c) * taps..][..taps];
+                out.extend(kernel.iter().rev());
+            }
+        }
+        out
+    }
+
+    /// Whether every output row lines up with an input row of the same width (stride 1 and
+    /// `out_w = w`, as in a 3×3 convolution with padding 1). Output position `t` of im2col row
+    /// `r` then reads input position `t + shift(r)`, so the row is one shifted copy of its
+    /// input plane with the positions outside the image cleared.
+    fn shifts(&self) -> bool {
+        self.stride == [1, 1] && self.out_w == self.w
+    }
+
+    /// For a shifting geometry ([`Self::shifts`]): the output rows `lo..hi` whose kernel row `i`
+    /// falls inside the image.
+    fn source_rows(&self, i: usize) -> (usize, usize) {
+        let offset = i * self.dilation[0];
+        let lo = self.pad[0].saturating_sub(offset).min(self.out_h);
+        let hi = (self.h + self.pad[0])
+            .saturating_sub(offset)
+            .min(self.out_h);
+        (lo, hi.max(lo))
+    }
+
+    /// For a shifting geometry: the input position read by output position 0 of kernel tap
+    /// `(i, j)`, and the output positions `a..b` of rows `rows` whose shifted input position lies
+    /// in the plane. Those outside `a..b` are all in columns outside the image.
+    fn shifted_span(&self, i: usize, j: usize, rows: (usize, usize)) -> (isize, usize, usize) {
+        let w = self.w as isize;
+        let shift = (i * self.dilation[0]) as isize - self.pad[0] as isize;
+        let shift = shift * w + (j * self.dilation[1]) as isize - self.pad[1] as isize;
+        let plane = (self.h * self.w) as isize;
+        let a = (rows.0 * self.w).max((-shift).max(0) as usize);
+        let b = (rows.1 * self.w).min((plane - shift).max(0) as usize);
+        (shift, a, b.max(a))
+    }
+
+    /// Zeroes, in output rows `rows` of an im2col row, the columns outside `cols`.
+    fn clear_columns(&self, row: &mut [f32], rows: (usize, usize), cols: (usize, usize)) {
+        if cols == (0, self.out_w) {
+            return;
+        }
+        for line in row[rows.0 * self.out_w..rows.1 * self.out_w].chunks_exact_mut(self.out_w) {
+            line[..cols.0].fill(0.0);
+            line[cols.1..].fill(0.0);
+        }
+    }
+
     /// `im2col` of one image `[C_in, H, W]` into `col` `[K, P]`.
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
+        if self.shifts() {
+            return self.im2col_shifted(x, col);
+        }
         let (p, s) = (self.p(), self.stride[1]);
         for (r, row) in col.chunks_exact_mut(p).enumerate() {
             let (ci, i, j) = self.tap(r);
@@ -153,6 +264,24 @@ impl Geometry {
                     }
                 }
             }
+        }
+    }
+
+    /// [`Self::im2col`] of a shifting geometry: one copy per row.
+    fn im2col_shifted(&self, x: &[f32], col: &mut [f32]) {
+        for (r, row) in col.chunks_exact_mut(self.p()).enumerate() {
+            let (ci, i, j) = self.tap(r);
+            let plane = &x[ci * self.h * self.w..][..self.h * self.w];
+            let rows = self.source_rows(i);
+            let (lo, hi, _) = self.source_cols(j);
+            let (shift, a, b) = self.shifted_span(i, j, rows);
+            row[..rows.0 * self.out_w].fill(0.0);
+            row[rows.1 * self.out_w..].fill(0.0);
+            if a < b {
+                let start = (a as isize + shift) as usize;
+                row[a..b].copy_from_slice(&plane[start..start + (b - a)]);
+            }
+            self.clear_columns(row, rows, (lo, hi));
         }
     }
 
@@ -182,11 +311,19 @@ impl Geometry {
     }
 }
 
+/// Where a product goes.
+enum Dst<'a> {
+    /// Fresh memory, every value written and none read.
+    Write(&'a mut [MaybeUninit<f32>]),
+    /// Overwritten.
+    Overwrite(&'a mut [f32]),
+    /// Added to.
+    Accumulate(&'a mut [f32]),
+}
+
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each operand given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
 fn matmul(
-    dst: &mut [f32],
-    accumulate: bool,
+    dst: Dst,
     (m, k, n): (usize, usize, usize),
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
@@ -194,15 +331,22 @@ fn matmul(
     (rhs_rs, rhs_cs): (usize, usize),
     parallelism: Parallelism,
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    let (dst, len, accumulate) = match dst {
+        Dst::Write(d) => (d.as_mut_ptr().cast::<f32>(), d.len(), false),
+        Dst::Overwrite(d) => (d.as_mut_ptr(), d.len(), false),
+        Dst::Accumulate(d) => (d.as_mut_ptr(), d.len(), true),
+    };
+    assert!(len >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     // SAFETY: the assertion above bounds every index `gemm` reads or writes with these strides
     // (row-major `dst`, and `lhs` / `rhs` of exactly `m·k` / `k·n` elements in either order).
+    // Without `accumulate`, `gemm` only writes `dst` (`read_dst = false`), so `dst` may be
+    // uninitialised memory.
     unsafe {
         gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -254,32 +398,7 @@ impl FastConv2d for Flex {
         };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let bias = bias.to_contiguous();
-        let bias = slice(&bias);
-        let (xs, ws) = (slice(&x), slice(&weight));
-        let (k, p) = (g.k(), g.p());
-        let parallelism = inner_parallelism(g.batch);
-        let mut out = vec![0f32; g.batch * g.c_out * p];
-        out.par_chunks_mut(g.c_out * p)
-            .zip(xs.par_chunks(g.c_in * g.h * g.w))
-            .for_each_init(
-                || vec![0f32; k * p],
-                |col, (y, x)| {
-                    g.im2col(x, col);
-                    for (row, &b) in y.chunks_exact_mut(p).zip(bias) {
-                        row.fill(b);
-                    }
-                    matmul(
-                        y,
-                        true,
-                        (g.c_out, k, p),
-                        ws,
-                        (k, 1),
-                        col,
-                        (p, 1),
-                        parallelism,
-                    );
-                },
-            );
+        let out = g.convolve(slice(&x), slice(&weight), Some(slice(&bias)));
         tensor(out, [g.batch, g.c_out, g.out_h, g.out_w])
     }
 
@@ -295,28 +414,29 @@ impl FastConv2d for Flex {
         };
         let (weight, dy) = (weight.to_contiguous(), output_grad.to_contiguous());
         let (ws, dys) = (slice(&weight), slice(&dy));
+        if let Some(t) = g.transposed() {
+            let dx = t.convolve(dys, &g.flipped(ws), None);
+            return tensor(dx, [g.batch, g.c_in, g.h, g.w]);
+        }
         let (k, p) = (g.k(), g.p());
         let parallelism = inner_parallelism(g.batch);
-        let mut dx = vec![0f32; g.batch * g.c_in * g.h * g.w];
-        dx.par_chunks_mut(g.c_in * g.h * g.w)
-            .zip(dys.par_chunks(g.c_out * p))
-            .for_each_init(
-                || vec![0f32; k * p],
-                |col, (dx, dy)| {
-                    // Wᵀ [K, C_out] · ∂y [C_out, P]: W read with swapped strides.
-                    matmul(
-                        col,
-                        false,
-                        (k, g.c_out, p),
-                        ws,
-                        (1, k),
-                        dy,
-                        (p, 1),
-                        parallelism,
-                    );
-                    g.col2im(col, dx);
-                },
-            );
+        let (image, output) = (g.c_in * g.h * g.w, g.c_out * p);
+        let dx = written(g.batch * image, image, |b, dx| {
+            let dx = zeroed(dx);
+            with_scratch(k * p, |col| {
+                // Wᵀ [K, C_out] · ∂y [C_out, P]: W read with swapped strides.
+                matmul(
+                    Dst::Overwrite(col),
+                    (k, g.c_out, p),
+                    ws,
+                    (1, k),
+                    &dys[b * output..][..output],
+                    (p, 1),
+                    parallelism,
+                );
+                g.col2im(col, dx);
+            });
+        });
         tensor(dx, [g.batch, g.c_in, g.h, g.w])
     }
 
@@ -346,20 +466,21 @@ impl FastConv2d for Flex {
             .par_chunks(image * WEIGHT_GRAD_CHUNK)
             .zip(dys.par_chunks(grad * WEIGHT_GRAD_CHUNK))
             .map(|(xc, dyc)| {
-                let (mut dw, mut col) = (vec![0f32; g.c_out * k], vec![0f32; k * p]);
-                for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
-                    g.im2col(x, &mut col);
-                    matmul(
-                        &mut dw,
-                        true,
-                        (g.c_out, p, k),
-                        dy,
-                        (p, 1),
-                        &col,
-                        (1, p),
-                        parallelism,
-                    );
-                }
+                let mut dw = vec![0f32; g.c_out * k];
+                with_scratch(k * p, |col| {
+                    for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
+                        g.im2col(x, col);
+                        matmul(
+                            Dst::Accumulate(&mut dw),
+                            (g.c_out, p, k),
+                            dy,
+                            (p, 1),
+                            col,
+                            (1, p),
+                            parallelism,
+                        );
+                    }
+                });
                 dw
             })
             .collect();

@@ -11,6 +11,7 @@
 //! ```text
 //! y_b  = W · im2col(x_b) + bias                      (one matrix product, written in place)
 //! ∂x_b = col2im(Wᵀ · ∂y_b)                           (input gradient)
+//!      = conv(∂y_b, W rotated 180°, channels swapped)  (stride 1, output as large as input)
 //! ∂W   = Σ_b ∂y_b · im2col(x_b)ᵀ                     (weight gradient, im2col recomputed)
 //! ```
 //!

@@ -96,6 +96,12 @@ fn cases() -> Vec<Case> {
         case([1, 2, 5, 8], 3, [2, 3], [1, 2], [2, 1], [0, 2, 1, 0], true),
         // Padding wider than the image: whole kernel rows and columns fall outside.
         case([2, 1, 2, 3], 2, [3, 3], [2, 1], [1, 1], [3, 4, 3, 4], false),
+        // Stride 1 with as many output as input columns (im2col rows are shifted copies): 1x1;
+        // dilation with padding 2; padding on one side only; a kernel wider than the image.
+        case([2, 4, 5, 5], 3, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0], true),
+        case([1, 3, 7, 5], 2, [3, 3], [1, 1], [2, 2], [2, 2, 2, 2], true),
+        case([2, 2, 4, 6], 3, [3, 3], [1, 1], [1, 1], [2, 2, 0, 0], false),
+        case([2, 2, 2, 3], 2, [5, 5], [1, 1], [1, 1], [2, 2, 2, 2], true),
     ]
 }
 
