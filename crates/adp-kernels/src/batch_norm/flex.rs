@@ -5,7 +5,7 @@
 //! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
 
 use burn::backend::Flex;
-use burn::backend::ops::ModuleOps;
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -38,6 +38,11 @@ impl<'a> Planes<'a> {
     /// Number of values per channel, `N · plane`.
     fn count(&self) -> usize {
         self.data.len() / self.channels
+    }
+
+    /// Plane `i` (image `i / C`, channel `i % C`).
+    fn plane_at(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.plane..][..self.plane]
     }
 
     /// The `N` planes of channel `c`.
@@ -79,20 +84,54 @@ fn channel_means(x: &Planes, y: &Planes, f: impl Fn(usize, f32, f32) -> f32 + Sy
         .collect()
 }
 
-/// A new `shape`d tensor whose plane `(n, c)` is `f(c, x_plane, y_plane, out_plane)`; `f` writes
-/// every value of `out_plane`.
+/// A new `shape`d tensor, shaped like `x`, whose plane `i` (channel `c = i % C`) is written by
+/// `f(i, c, plane)`; `f` writes every value of its plane.
 fn map_planes(
     x: &Planes,
-    y: &Planes,
     shape: Vec<usize>,
-    f: impl Fn(usize, &[f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
+    f: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> FlexTensor {
-    let plane = x.plane;
-    let out = written(x.data.len(), plane, |i, o| {
-        let (a, b) = (&x.data[i * plane..][..plane], &y.data[i * plane..][..plane]);
-        f(i % x.channels, a, b, o)
-    });
+    let out = written(x.data.len(), x.plane, |i, o| f(i, i % x.channels, o));
     FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// A gradient plane `g`, zeroed where the fused ReLU's output plane `y` is `≤ 0` (burn's
+/// `relu_backward`), or `g` itself without a ReLU.
+fn through_relu<'b>(g: &'b [f32], y: Option<&[f32]>, buffer: &'b mut Vec<f32>) -> &'b [f32] {
+    let Some(y) = y else { return g };
+    buffer.clear();
+    buffer.extend(
+        g.iter()
+            .zip(y)
+            .map(|(&g, &y)| if y <= 0.0 { 0.0 } else { g }),
+    );
+    buffer
+}
+
+/// Per channel, `mean(g)` and `mean(g · x̂)` with `x̂ = (x − μ) / σ`, `g` taken through the
+/// fused ReLU where `y` is given: one pass over the activation, each plane summed as
+/// [`channel_means`] sums it.
+fn gradient_means(
+    x: &Planes,
+    g: &Planes,
+    y: Option<&Planes>,
+    mean: &[f32],
+    inv_std: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    let count = x.count() as f64;
+    (0..x.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mut buffer = Vec::new();
+            let (mut g_sum, mut gx_sum) = (0f64, 0f64);
+            for i in (c..x.data.len() / x.plane).step_by(x.channels) {
+                let gp = through_relu(g.plane_at(i), y.map(|y| y.plane_at(i)), &mut buffer);
+                g_sum += lane_sum(gp, gp, |g, _| g);
+                gx_sum += lane_sum(x.plane_at(i), gp, |a, g| g * (a - mean[c]) * inv_std[c]);
+            }
+            (g_sum / count, gx_sum / count)
+        })
+        .unzip()
 }
 
 fn to_f32(values: &[f64]) -> Vec<f32> {
@@ -132,9 +171,15 @@ impl FusedBatchNorm for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormOutput<Self> {
         if !native(&x) || !per_channel(&x, &[&gamma, &beta]) {
-            return <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon).into();
+            let mut out: BatchNormOutput<Self> =
+                <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon).into();
+            if relu {
+                out.output = <Flex as ActivationOps<Flex>>::relu(out.output);
+            }
+            return out;
         }
         let x = x.to_contiguous();
         let shape = x.layout().shape().to_vec();
@@ -149,9 +194,18 @@ impl FusedBatchNorm for Flex {
         let shift: Vec<f32> = (0..p.channels)
             .map(|c| beta[c] - mean32[c] * scale[c])
             .collect();
-        let output = map_planes(&p, &p, shape, |c, a, _, o| {
-            for (o, &a) in o.iter_mut().zip(a) {
-                o.write(a * scale[c] + shift[c]);
+        let output = map_planes(&p, shape, |i, c, o| {
+            let values = o.iter_mut().zip(p.plane_at(i));
+            let (scale, shift) = (scale[c], shift[c]);
+            if relu {
+                for (o, &a) in values {
+                    let v = a * scale + shift;
+                    o.write(if v <= 0.0 { 0.0 } else { v });
+                }
+            } else {
+                for (o, &a) in values {
+                    o.write(a * scale + shift);
+                }
             }
         });
         BatchNormOutput {
@@ -169,43 +223,80 @@ impl FusedBatchNorm for Flex {
         epsilon: f64,
         output_grad: FlexTensor,
     ) -> BatchNormGrads<Self> {
-        let grad_fits =
-            output_grad.dtype() == DType::F32 && output_grad.layout().shape() == x.layout().shape();
-        if !native(&x) || !grad_fits || !per_channel(&x, &[&gamma, &mean, &variance]) {
-            return <Flex as ModuleOps<Flex>>::batch_norm_train_backward(
-                x,
-                gamma,
-                mean,
-                variance,
-                epsilon,
-                output_grad,
-            )
-            .into();
+        backward(x, gamma, mean, variance, epsilon, None, output_grad)
+    }
+
+    fn fused_batch_norm_relu_train_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        output: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> BatchNormGrads<Self> {
+        backward(x, gamma, mean, variance, epsilon, Some(output), output_grad)
+    }
+}
+
+/// The batch-norm backward, through the fused ReLU where its `output` is given: two passes over
+/// the activation (both sums, then `∂x`), the ReLU's mask applied to each gradient plane in cache.
+fn backward(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    mean: FlexTensor,
+    variance: FlexTensor,
+    epsilon: f64,
+    output: Option<FlexTensor>,
+    output_grad: FlexTensor,
+) -> BatchNormGrads<Flex> {
+    let fits = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().shape() == x.layout().shape();
+    let grad_fits = fits(&output_grad) && output.as_ref().is_none_or(fits);
+    if !native(&x) || !grad_fits || !per_channel(&x, &[&gamma, &mean, &variance]) {
+        let output_grad = match output {
+            Some(y) => <Flex as ActivationOps<Flex>>::relu_backward(y, output_grad),
+            None => output_grad,
+        };
+        return <Flex as ModuleOps<Flex>>::batch_norm_train_backward(
+            x,
+            gamma,
+            mean,
+            variance,
+            epsilon,
+            output_grad,
+        )
+        .into();
+    }
+    let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
+    let y = output.map(|y| y.to_contiguous());
+    let shape = x.layout().shape().to_vec();
+    let (px, pg) = (Planes::new(&x), Planes::new(&dy));
+    let py = y.as_ref().map(Planes::new);
+    let (gamma, mean, variance) = (read(&gamma), read(&mean), read(&variance));
+    let inv_std: Vec<f32> = variance
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
+        .collect();
+    // mean(g) and mean(g · x̂) per channel; x̂ = (x − μ) / σ.
+    let (g_mean, gx_mean) = gradient_means(&px, &pg, py.as_ref(), &mean, &inv_std);
+    let count = px.count() as f64;
+    let (g_mean32, gx_mean32) = (to_f32(&g_mean), to_f32(&gx_mean));
+    let x_grad = map_planes(&px, shape, |i, c, o| {
+        let mut buffer = Vec::new();
+        let g = through_relu(
+            pg.plane_at(i),
+            py.as_ref().map(|y| y.plane_at(i)),
+            &mut buffer,
+        );
+        let (k, m, s) = (gamma[c] * inv_std[c], mean[c], inv_std[c]);
+        for ((o, &a), &g) in o.iter_mut().zip(px.plane_at(i)).zip(g) {
+            o.write(k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]));
         }
-        let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
-        let shape = x.layout().shape().to_vec();
-        let (px, pg) = (Planes::new(&x), Planes::new(&dy));
-        let (gamma, mean, variance) = (read(&gamma), read(&mean), read(&variance));
-        let inv_std: Vec<f32> = variance
-            .iter()
-            .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
-            .collect();
-        // mean(g) and mean(g · x̂) per channel; x̂ = (x − μ) / σ.
-        let g_mean = channel_means(&pg, &pg, |_, g, _| g);
-        let gx_mean = channel_means(&px, &pg, |c, a, g| g * (a - mean[c]) * inv_std[c]);
-        let count = px.count() as f64;
-        let (g_mean32, gx_mean32) = (to_f32(&g_mean), to_f32(&gx_mean));
-        let x_grad = map_planes(&px, &pg, shape, |c, a, g, o| {
-            let (k, m, s) = (gamma[c] * inv_std[c], mean[c], inv_std[c]);
-            for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                o.write(k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]));
-            }
-        });
-        let sums = |means: &[f64]| vector(means.iter().map(|&m| (m * count) as f32).collect());
-        BatchNormGrads {
-            x: x_grad,
-            gamma: sums(&gx_mean),
-            beta: sums(&g_mean),
-        }
+    });
+    let sums = |means: &[f64]| vector(means.iter().map(|&m| (m * count) as f32).collect());
+    BatchNormGrads {
+        x: x_grad,
+        gamma: sums(&gx_mean),
+        beta: sums(&g_mean),
     }
 }

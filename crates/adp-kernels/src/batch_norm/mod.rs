@@ -32,6 +32,7 @@ use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward};
 use burn::backend::{Backend, Dispatch, ExtensionType, backend_extension, tensor::FloatTensor};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
+use burn::tensor::activation;
 
 /// Output of the training-mode forward: the normalised tensor and the batch statistics
 /// (per-channel mean and biased variance) that update the running statistics.
@@ -87,18 +88,24 @@ impl<B: Backend> From<BatchNormTrainBackward<B>> for BatchNormGrads<B> {
     Autodiff
 )]
 pub trait FusedBatchNorm: Backend {
-    /// Normalises `x` with its own batch statistics.
+    /// Normalises `x` with its own batch statistics, then applies a ReLU if `relu` (burn's:
+    /// values `≤ 0` become 0).
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormOutput<Self> {
-        Self::batch_norm_train(x, gamma, beta, epsilon).into()
+        let mut out: BatchNormOutput<Self> = Self::batch_norm_train(x, gamma, beta, epsilon).into();
+        if relu {
+            out.output = Self::relu(out.output);
+        }
+        out
     }
 
-    /// Gradients of [`fused_batch_norm_train`](Self::fused_batch_norm_train), given the batch
-    /// statistics it returned and the gradient of its output.
+    /// Gradients of [`fused_batch_norm_train`](Self::fused_batch_norm_train) without a ReLU,
+    /// given the batch statistics it returned and the gradient of its output.
     fn fused_batch_norm_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -107,6 +114,21 @@ pub trait FusedBatchNorm: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> BatchNormGrads<Self> {
+        Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
+    }
+
+    /// The same with the ReLU: `output` is the forward's output, and the gradient is zero where
+    /// it is `≤ 0` (burn's `relu_backward`).
+    fn fused_batch_norm_relu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> BatchNormGrads<Self> {
+        let output_grad = Self::relu_backward(output, output_grad);
         Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
     }
 }
@@ -120,24 +142,35 @@ impl FusedBatchNorm for burn::backend::NdArray {}
 /// gradients and the layer is training, the running statistics otherwise. The CubeCL backends
 /// (`cuda`, `wgpu`) keep burn's own batch norm.
 pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    let device = x.device();
-    if crate::is_cube(&device) {
-        return bn.forward(x);
-    }
-    if device.is_autodiff() && bn.training.is_enabled() {
-        forward_train(bn, x)
-    } else {
-        forward_inference(bn, x)
-    }
+    normalise(bn, x, false)
 }
 
-fn forward_train(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// `relu(bn(x))`, the ReLU fused into the training-mode kernel: no separate pass over the
+/// activation forward, none backward on `flex`.
+pub fn forward_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    normalise(bn, x, true)
+}
+
+fn normalise(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    let device = x.device();
+    let y = if crate::is_cube(&device) {
+        bn.forward(x)
+    } else if device.is_autodiff() && bn.training.is_enabled() {
+        return forward_train(bn, x, relu);
+    } else {
+        forward_inference(bn, x)
+    };
+    if relu { activation::relu(y) } else { y }
+}
+
+fn forward_train(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     let device = x.device();
     let out = <Dispatch as FusedBatchNorm>::fused_batch_norm_train(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
         bn.epsilon,
+        relu,
     );
     let mean = Tensor::<1>::from_dispatch(out.mean).detach();
     let variance = Tensor::<1>::from_dispatch(out.variance).detach();

@@ -1,7 +1,7 @@
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 
-use super::forward;
+use super::{forward, forward_relu};
 use crate::testing::{devices, flat, values};
 
 /// A layer with non-trivial γ, β and running statistics.
@@ -24,8 +24,25 @@ fn layer(channels: usize, device: &Device) -> BatchNorm {
     bn
 }
 
-/// `Σ w · y` of the f64 formula of the training-mode forward, on plain numbers.
-fn reference_loss(x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], shape: [usize; 4]) -> f64 {
+/// The fused batch norm, followed by a ReLU if `relu`.
+fn normalise(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    if relu {
+        forward_relu(bn, x)
+    } else {
+        forward(bn, x)
+    }
+}
+
+/// `Σ w · y` of the f64 formula of the training-mode forward (then `max(y, 0)` if `relu`), on
+/// plain numbers.
+fn reference_loss(
+    x: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    w: &[f64],
+    shape: [usize; 4],
+    relu: bool,
+) -> f64 {
     let [n, c, h, wd] = shape;
     let plane = h * wd;
     let idx = |i: usize, ch: usize, k: usize| (i * c + ch) * plane + k;
@@ -40,7 +57,7 @@ fn reference_loss(x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], shape: [usi
         for i in 0..n {
             for k in 0..plane {
                 let y = gamma[ch] * (x[idx(i, ch, k)] - m) / (var + 1e-3).sqrt() + beta[ch];
-                loss += w[idx(i, ch, k)] * y;
+                loss += w[idx(i, ch, k)] * if relu { y.max(0.0) } else { y };
             }
         }
     }
@@ -52,15 +69,21 @@ fn reference_loss(x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], shape: [usi
 #[test]
 fn fused_train_gradients_match_finite_differences() {
     for device in devices() {
-        check_against_finite_differences(device);
+        for relu in [false, true] {
+            check_against_finite_differences(device.clone(), relu);
+        }
     }
 }
 
-fn check_against_finite_differences(device: Device) {
+fn check_against_finite_differences(device: Device, relu: bool) {
     let shape = [3usize, 2, 3, 5];
     let n: usize = shape.iter().product();
     let (x0, w) = (values(n, 7), values(n, 8));
-    let bn = layer(2, &device);
+    let mut bn = layer(2, &device);
+    if relu {
+        // β = 0: about half of the outputs fall below zero.
+        bn.beta = bn.beta.map(|b| b.zeros_like().require_grad());
+    }
     let gamma: Vec<f64> = flat(bn.gamma.val());
     let beta: Vec<f64> = flat(bn.beta.val());
     let x32: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
@@ -69,12 +92,17 @@ fn check_against_finite_differences(device: Device) {
         TensorData::new(w.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape),
         &device,
     );
-    let loss = (forward(&bn, x.clone()) * wt).sum();
+    let y = normalise(&bn, x.clone(), relu);
+    if relu {
+        let zeros = flat(y.clone()).iter().filter(|&&v| v == 0.0).count();
+        assert!(zeros > 0 && zeros < n, "the ReLU must clip some values: {zeros} of {n}");
+    }
+    let loss = (y * wt).sum();
     let got = flat(loss.clone().inner());
-    let want = reference_loss(&x0, &gamma, &beta, &w, shape);
+    let want = reference_loss(&x0, &gamma, &beta, &w, shape, relu);
     assert!(
         (got[0] - want).abs() < 1e-4 * (1.0 + want.abs()),
-        "{got:?} vs {want}"
+        "relu {relu}: {got:?} vs {want}"
     );
 
     let grads = loss.backward();
@@ -84,7 +112,7 @@ fn check_against_finite_differences(device: Device) {
         for (i, (a, b)) in analytic.iter().zip(&numeric).enumerate() {
             assert!(
                 (a - b).abs() <= 2e-4 * (1.0 + b.abs()),
-                "d/d{name}[{i}]: fused {a} vs finite difference {b}"
+                "relu {relu}: d/d{name}[{i}]: fused {a} vs finite difference {b}"
             );
         }
     };
@@ -93,7 +121,7 @@ fn check_against_finite_differences(device: Device) {
             central(&|d| {
                 let mut x = x0.clone();
                 x[i] += d;
-                reference_loss(&x, &gamma, &beta, &w, shape)
+                reference_loss(&x, &gamma, &beta, &w, shape, relu)
             })
         })
         .collect();
@@ -103,7 +131,7 @@ fn check_against_finite_differences(device: Device) {
             central(&|d| {
                 let mut g = gamma.clone();
                 g[c] += d;
-                reference_loss(&x0, &g, &beta, &w, shape)
+                reference_loss(&x0, &g, &beta, &w, shape, relu)
             })
         })
         .collect();
@@ -113,7 +141,7 @@ fn check_against_finite_differences(device: Device) {
             central(&|d| {
                 let mut b = beta.clone();
                 b[c] += d;
-                reference_loss(&x0, &gamma, &b, &w, shape)
+                reference_loss(&x0, &gamma, &b, &w, shape, relu)
             })
         })
         .collect();
@@ -126,11 +154,21 @@ fn check_against_finite_differences(device: Device) {
 #[test]
 fn fused_matches_burn_batch_norm() {
     for device in devices() {
-        compare_with_burn(device);
+        for relu in [false, true] {
+            compare_with_burn(device.clone(), relu);
+        }
     }
 }
 
-fn compare_with_burn(device: Device) {
+fn compare_with_burn(device: Device, relu: bool) {
+    let theirs_forward = |bn: &BatchNorm, x: Tensor<4>| {
+        let y = bn.forward(x);
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    };
     let shape = [4usize, 16, 8, 8];
     let n: usize = shape.iter().product();
     let data = |seed| {
@@ -146,14 +184,14 @@ fn compare_with_burn(device: Device) {
         for (i, (p, q)) in a.iter().zip(&b).enumerate() {
             assert!(
                 (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                "{what}[{i}]: {p} vs {q}"
+                "relu {relu}: {what}[{i}]: {p} vs {q}"
             );
         }
     };
     let (ours, theirs) = (layer(16, &device), layer(16, &device));
     let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
-    let ya = forward(&ours, xa.clone());
-    let yb = theirs.forward(xb.clone());
+    let ya = normalise(&ours, xa.clone(), relu);
+    let yb = theirs_forward(&theirs, xb.clone());
     close("output", flat(ya.clone()), flat(yb.clone()));
     let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
     close(
@@ -181,7 +219,7 @@ fn compare_with_burn(device: Device) {
     let x = x.inner();
     close(
         "eval output",
-        flat(forward(&ours, x.clone())),
-        flat(theirs.forward(x)),
+        flat(normalise(&ours, x.clone(), relu)),
+        flat(theirs_forward(&theirs, x)),
     );
 }

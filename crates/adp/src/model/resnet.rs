@@ -42,6 +42,11 @@ impl ConvBn {
     pub(super) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         batch_norm::forward(&self.bn, conv::forward(&self.conv, x))
     }
+
+    /// `relu(forward(x))`, the ReLU fused into the batch norm.
+    fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
+        batch_norm::forward_relu(&self.bn, conv::forward(&self.conv, x))
+    }
 }
 
 /// Two 3x3 conv-BN layers with an identity or 1x1-projection shortcut.
@@ -54,7 +59,7 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.b.forward(relu(self.a.forward(x.clone())));
+        let y = self.b.forward(self.a.forward_relu(x.clone()));
         let x = match &self.shortcut {
             Some(proj) => conv::forward(proj, x),
             None => x,
@@ -101,7 +106,7 @@ impl ResNet {
 
     /// The final hidden features (after global average pooling), `[batch, 64]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.stem.forward(self.norm.forward(x)));
+        let mut x = self.stem.forward_relu(self.norm.forward(x));
         for block in &self.blocks {
             x = block.forward(x);
         }
