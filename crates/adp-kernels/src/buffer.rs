@@ -4,7 +4,7 @@
 //! A training step of ResNet-20 allocates a few hundred activation-sized buffers. Zeroing one
 //! up front (`vec![0.0; n]`) and then overwriting it costs two passes over memory that no longer
 //! fits the cache; profiled, the zeroing and the cold first writes took about a quarter of the
-//! step (docs/performance.md, "Writing outputs once").
+//! step (docs/performance.md, "Writing each activation once").
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
