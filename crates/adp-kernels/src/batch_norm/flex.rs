@@ -11,7 +11,7 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::buffer::written;
+use crate::buffer::{with_scratch, written};
 
 use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
@@ -95,17 +95,17 @@ fn map_planes(
     FlexTensor::from_data(TensorData::new(out, shape))
 }
 
-/// A gradient plane `g`, zeroed where the fused ReLU's output plane `y` is `≤ 0` (burn's
-/// `relu_backward`), or `g` itself without a ReLU.
-fn through_relu<'b>(g: &'b [f32], y: Option<&[f32]>, buffer: &'b mut Vec<f32>) -> &'b [f32] {
-    let Some(y) = y else { return g };
-    buffer.clear();
-    buffer.extend(
-        g.iter()
-            .zip(y)
-            .map(|(&g, &y)| if y <= 0.0 { 0.0 } else { g }),
-    );
-    buffer
+/// Runs `f` on a gradient plane `g`, zeroed where the fused ReLU's output plane `y` is `≤ 0`
+/// (burn's `relu_backward`; masked in this thread's scratch buffer), or on `g` itself without a
+/// ReLU.
+fn through_relu<R>(g: &[f32], y: Option<&[f32]>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let Some(y) = y else { return f(g) };
+    with_scratch(g.len(), |masked| {
+        for ((m, &g), &y) in masked.iter_mut().zip(g).zip(y) {
+            *m = if y <= 0.0 { 0.0 } else { g };
+        }
+        f(masked)
+    })
 }
 
 /// Per channel, `mean(g)` and `mean(g · x̂)` with `x̂ = (x − μ) / σ`, `g` taken through the
@@ -122,12 +122,12 @@ fn gradient_means(
     (0..x.channels)
         .into_par_iter()
         .map(|c| {
-            let mut buffer = Vec::new();
             let (mut g_sum, mut gx_sum) = (0f64, 0f64);
             for i in (c..x.data.len() / x.plane).step_by(x.channels) {
-                let gp = through_relu(g.plane_at(i), y.map(|y| y.plane_at(i)), &mut buffer);
-                g_sum += lane_sum(gp, gp, |g, _| g);
-                gx_sum += lane_sum(x.plane_at(i), gp, |a, g| g * (a - mean[c]) * inv_std[c]);
+                through_relu(g.plane_at(i), y.map(|y| y.plane_at(i)), |gp| {
+                    g_sum += lane_sum(gp, gp, |g, _| g);
+                    gx_sum += lane_sum(x.plane_at(i), gp, |a, g| g * (a - mean[c]) * inv_std[c]);
+                });
             }
             (g_sum / count, gx_sum / count)
         })
@@ -282,16 +282,12 @@ fn backward(
     let count = px.count() as f64;
     let (g_mean32, gx_mean32) = (to_f32(&g_mean), to_f32(&gx_mean));
     let x_grad = map_planes(&px, shape, |i, c, o| {
-        let mut buffer = Vec::new();
-        let g = through_relu(
-            pg.plane_at(i),
-            py.as_ref().map(|y| y.plane_at(i)),
-            &mut buffer,
-        );
         let (k, m, s) = (gamma[c] * inv_std[c], mean[c], inv_std[c]);
-        for ((o, &a), &g) in o.iter_mut().zip(px.plane_at(i)).zip(g) {
-            o.write(k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]));
-        }
+        through_relu(pg.plane_at(i), py.as_ref().map(|y| y.plane_at(i)), |g| {
+            for ((o, &a), &g) in o.iter_mut().zip(px.plane_at(i)).zip(g) {
+                o.write(k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]));
+            }
+        });
     });
     let sums = |means: &[f64]| vector(means.iter().map(|&m| (m * count) as f32).collect());
     BatchNormGrads {

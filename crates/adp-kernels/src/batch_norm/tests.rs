@@ -95,7 +95,10 @@ fn check_against_finite_differences(device: Device, relu: bool) {
     let y = normalise(&bn, x.clone(), relu);
     if relu {
         let zeros = flat(y.clone()).iter().filter(|&&v| v == 0.0).count();
-        assert!(zeros > 0 && zeros < n, "the ReLU must clip some values: {zeros} of {n}");
+        assert!(
+            zeros > 0 && zeros < n,
+            "the ReLU must clip some values: {zeros} of {n}"
+        );
     }
     let loss = (y * wt).sum();
     let got = flat(loss.clone().inner());
