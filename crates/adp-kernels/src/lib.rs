@@ -1,15 +1,16 @@
-//! The CPU layer kernels of `adp`'s members: 2-D convolution ([`conv`]) and batch
-//! normalisation ([`batch_norm`]), each a burn 0.22 backend extension with a native kernel on
-//! `flex`, libtorch's own operation on `tch`, burn's composite elsewhere, and a hand-written
-//! backward on the autodiff backend. The layers stay burn's `Conv2d` and `BatchNorm` modules;
-//! only their forward passes (and gradients) go through this crate.
+//! The CPU layer kernels of `adp`'s members: 2-D convolution ([`conv`]), batch
+//! normalisation ([`batch_norm`]) and max pooling with its ReLU ([`pool`]), each a burn 0.22
+//! backend extension with a native kernel on `flex`, libtorch's or burn's own operations
+//! elsewhere, and a hand-written backward on the autodiff backend. The layers stay burn's
+//! `Conv2d` and `BatchNorm` modules; only their forward passes (and gradients) go through this
+//! crate.
 //!
-//! On burn's CubeCL backends (`cuda`, `wgpu`) both keep burn's own operations ([`is_cube`]).
-//! Every kernel is checked against burn's own operation and against finite differences, in
-//! values and in both gradients (`cargo test -p adp-kernels`). [`denormals`] flushes subnormal
-//! floats to zero in the CPU threads, which saturated softmaxes otherwise fill backward passes
-//! with at 50 to 100 times the cost; [`malloc`] keeps freed memory in the process for the next
-//! step.
+//! On burn's CubeCL backends (`cuda`, `wgpu`) all keep burn's own operations ([`is_cube`]).
+//! Every kernel is checked against burn's own operation and against the f64 definition (finite
+//! differences where it is smooth), in values and in every gradient (`cargo test -p
+//! adp-kernels`). [`denormals`] flushes subnormal floats to zero in the CPU threads, which
+//! saturated softmaxes otherwise fill backward passes with at 50 to 100 times the cost;
+//! [`malloc`] keeps freed memory in the process for the next step.
 
 pub mod batch_norm;
 #[cfg(feature = "flex")]
@@ -17,6 +18,7 @@ mod buffer;
 pub mod conv;
 pub mod denormals;
 pub mod malloc;
+pub mod pool;
 pub mod testing;
 
 use burn::prelude::Device;

@@ -4,11 +4,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 
 use super::{MemberConfig, Normalize, he_normal, kernel_sq};
-use adp_kernels::conv;
+use adp_kernels::{conv, pool};
 
 /// The small CNN.
 #[derive(Module, Debug)]
@@ -48,14 +46,9 @@ impl Cnn {
     /// paper's Fig. 2 embeds with t-SNE for each member.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.norm.forward(x);
-        let x = max_pool2d(
-            relu(conv::forward(&self.conv1, x)),
-            MaxPoolOptions::new([2, 2]),
-        );
-        let x = max_pool2d(
-            relu(conv::forward(&self.conv2, x)),
-            MaxPoolOptions::new([2, 2]),
-        );
+        // max_pool(relu(·)), computed as the equal relu(max_pool(·)) in one kernel.
+        let x = pool::max_pool2d_relu(conv::forward(&self.conv1, x), [2, 2]);
+        let x = pool::max_pool2d_relu(conv::forward(&self.conv2, x), [2, 2]);
         relu(self.fc1.forward(x.flatten::<2>(1, 3)))
     }
 

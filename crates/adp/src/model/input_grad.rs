@@ -29,6 +29,7 @@ use burn::tensor::ops::{ConvTransposeOptions, MaxPoolOptions};
 use super::cnn::Cnn;
 use super::resnet::{ConvBn, ResNet};
 use super::{Member, Normalize};
+use adp_kernels::pool::max_pool2d_relu;
 use adp_kernels::{batch_norm, conv};
 
 /// One member's logits `[N, L]` and the input gradient `[N, C, H, W]` of its batch-mean
@@ -253,12 +254,14 @@ pub fn layer_features(member: &Member, x: Tensor<4>, layer: usize) -> Tensor<2> 
             if layer == 1 {
                 return a1.flatten(1, 3);
             }
-            let p1 = pool(relu(a1)).0;
+            let p1 = max_pool2d_relu(a1, [2, 2]);
             let a2 = conv::forward(&m.conv2, p1);
             if layer == 2 {
                 return a2.flatten(1, 3);
             }
-            let a3 = m.fc1.forward(pool(relu(a2)).0.flatten::<2>(1, 3));
+            let a3 = m
+                .fc1
+                .forward(max_pool2d_relu(a2, [2, 2]).flatten::<2>(1, 3));
             if layer == 3 {
                 return a3;
             }
