@@ -5,7 +5,7 @@
 //! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
 
 use burn::backend::Flex;
-use burn::backend::ops::{ActivationOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -173,46 +173,17 @@ impl FusedBatchNorm for Flex {
         epsilon: f64,
         relu: bool,
     ) -> BatchNormOutput<Self> {
-        if !native(&x) || !per_channel(&x, &[&gamma, &beta]) {
-            let mut out: BatchNormOutput<Self> =
-                <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon).into();
-            if relu {
-                out.output = <Flex as ActivationOps<Flex>>::relu(out.output);
-            }
-            return out;
-        }
-        let x = x.to_contiguous();
-        let shape = x.layout().shape().to_vec();
-        let p = Planes::new(&x);
-        let mean = channel_means(&p, &p, |_, a, _| a);
-        let mean32 = to_f32(&mean);
-        let variance = channel_means(&p, &p, |c, a, _| (a - mean32[c]) * (a - mean32[c]));
-        let (gamma, beta) = (read(&gamma), read(&beta));
-        let scale: Vec<f32> = (0..p.channels)
-            .map(|c| (gamma[c] as f64 / (variance[c] + epsilon).sqrt()) as f32)
-            .collect();
-        let shift: Vec<f32> = (0..p.channels)
-            .map(|c| beta[c] - mean32[c] * scale[c])
-            .collect();
-        let output = map_planes(&p, shape, |i, c, o| {
-            let values = o.iter_mut().zip(p.plane_at(i));
-            let (scale, shift) = (scale[c], shift[c]);
-            if relu {
-                for (o, &a) in values {
-                    let v = a * scale + shift;
-                    o.write(if v <= 0.0 { 0.0 } else { v });
-                }
-            } else {
-                for (o, &a) in values {
-                    o.write(a * scale + shift);
-                }
-            }
-        });
-        BatchNormOutput {
-            output,
-            mean: vector(mean32),
-            variance: vector(to_f32(&variance)),
-        }
+        forward(x, gamma, beta, epsilon, relu, None)
+    }
+
+    fn fused_batch_norm_add_relu_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        residual: FlexTensor,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        forward(x, gamma, beta, epsilon, true, Some(residual))
     }
 
     fn fused_batch_norm_train_backward(
@@ -236,6 +207,71 @@ impl FusedBatchNorm for Flex {
         output_grad: FlexTensor,
     ) -> BatchNormGrads<Self> {
         backward(x, gamma, mean, variance, epsilon, Some(output), output_grad)
+    }
+}
+
+/// The training-mode forward, `bn(x)`, plus `residual` if given, then through the ReLU if
+/// `relu`: three passes over the activation (mean, variance, output).
+fn forward(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+    relu: bool,
+    residual: Option<FlexTensor>,
+) -> BatchNormOutput<Flex> {
+    let residual_fits = residual
+        .as_ref()
+        .is_none_or(|r| r.dtype() == DType::F32 && r.layout().shape() == x.layout().shape());
+    if !native(&x) || !residual_fits || !per_channel(&x, &[&gamma, &beta]) {
+        let mut out: BatchNormOutput<Flex> =
+            <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon).into();
+        if let Some(r) = residual {
+            out.output = <Flex as FloatTensorOps<Flex>>::float_add(out.output, r);
+        }
+        if relu {
+            out.output = <Flex as ActivationOps<Flex>>::relu(out.output);
+        }
+        return out;
+    }
+    let x = x.to_contiguous();
+    let residual = residual.map(|r| r.to_contiguous());
+    let shape = x.layout().shape().to_vec();
+    let p = Planes::new(&x);
+    let pr = residual.as_ref().map(Planes::new);
+    let mean = channel_means(&p, &p, |_, a, _| a);
+    let mean32 = to_f32(&mean);
+    let variance = channel_means(&p, &p, |c, a, _| (a - mean32[c]) * (a - mean32[c]));
+    let (gamma, beta) = (read(&gamma), read(&beta));
+    let scale: Vec<f32> = (0..p.channels)
+        .map(|c| (gamma[c] as f64 / (variance[c] + epsilon).sqrt()) as f32)
+        .collect();
+    let shift: Vec<f32> = (0..p.channels)
+        .map(|c| beta[c] - mean32[c] * scale[c])
+        .collect();
+    // burn's `relu`: values `≤ 0` become 0.
+    let clip = |v: f32| if relu && v <= 0.0 { 0.0 } else { v };
+    let output = map_planes(&p, shape, |i, c, o| {
+        let values = o.iter_mut().zip(p.plane_at(i));
+        let (scale, shift) = (scale[c], shift[c]);
+        match &pr {
+            // (a · scale + shift) + r rounds as the separate batch norm and addition do.
+            Some(r) => {
+                for ((o, &a), &r) in values.zip(r.plane_at(i)) {
+                    o.write(clip(a * scale + shift + r));
+                }
+            }
+            None => {
+                for (o, &a) in values {
+                    o.write(clip(a * scale + shift));
+                }
+            }
+        }
+    });
+    BatchNormOutput {
+        output,
+        mean: vector(mean32),
+        variance: vector(to_f32(&variance)),
     }
 }
 

@@ -16,6 +16,9 @@
 //! composite elsewhere, and a hand-written backward on the autodiff backend. In evaluation mode the
 //! running statistics are folded into one per-channel scale and shift, two elementwise passes.
 //!
+//! The ReLU that follows a batch norm, and the shortcut addition before it at the end of a
+//! residual block, fuse into the same kernel ([`forward_relu`], [`forward_add_relu`]).
+//!
 //! The layer's parameters stay burn's [`BatchNorm`] module, so checkpoints and the PyTorch interop
 //! mapping are unchanged.
 
@@ -117,6 +120,22 @@ pub trait FusedBatchNorm: Backend {
         Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
     }
 
+    /// `relu(bn(x) + residual)`, a residual block's batch norm, shortcut addition and ReLU
+    /// (`residual` shaped like `x`). Its gradients are
+    /// [`fused_batch_norm_relu_train_backward`](Self::fused_batch_norm_relu_train_backward)'s,
+    /// and for `residual` the output gradient masked by the ReLU.
+    fn fused_batch_norm_add_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        let mut out = Self::fused_batch_norm_train(x, gamma, beta, epsilon, false);
+        out.output = Self::relu(Self::float_add(out.output, residual));
+        out
+    }
+
     /// The same with the ReLU: `output` is the forward's output, and the gradient is zero where
     /// it is `≤ 0` (burn's `relu_backward`).
     fn fused_batch_norm_relu_train_backward(
@@ -142,36 +161,68 @@ impl FusedBatchNorm for burn::backend::NdArray {}
 /// gradients and the layer is training, the running statistics otherwise. The CubeCL backends
 /// (`cuda`, `wgpu`) keep burn's own batch norm.
 pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    normalise(bn, x, false)
+    normalise(bn, x, After::Nothing)
 }
 
 /// `relu(bn(x))`, the ReLU fused into the training-mode kernel: no separate pass over the
 /// activation forward, none backward on `flex`.
 pub fn forward_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    normalise(bn, x, true)
+    normalise(bn, x, After::Relu)
 }
 
-fn normalise(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+/// `relu(bn(x) + residual)`, the end of a residual block, the addition and the ReLU fused into
+/// the training-mode kernel: no separate passes forward, one (the shortcut's masked gradient)
+/// backward on `flex`.
+pub fn forward_add_relu(bn: &BatchNorm, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+    normalise(bn, x, After::AddRelu(Box::new(residual)))
+}
+
+/// What follows the batch norm.
+enum After {
+    Nothing,
+    Relu,
+    AddRelu(Box<Tensor<4>>),
+}
+
+fn normalise(bn: &BatchNorm, x: Tensor<4>, after: After) -> Tensor<4> {
     let device = x.device();
     let y = if crate::is_cube(&device) {
         bn.forward(x)
     } else if device.is_autodiff() && bn.training.is_enabled() {
-        return forward_train(bn, x, relu);
+        return forward_train(bn, x, after);
     } else {
         forward_inference(bn, x)
     };
-    if relu { activation::relu(y) } else { y }
+    match after {
+        After::Nothing => y,
+        After::Relu => activation::relu(y),
+        After::AddRelu(residual) => activation::relu(y + *residual),
+    }
 }
 
-fn forward_train(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+fn forward_train(bn: &BatchNorm, x: Tensor<4>, after: After) -> Tensor<4> {
     let device = x.device();
-    let out = <Dispatch as FusedBatchNorm>::fused_batch_norm_train(
+    let (x, gamma, beta) = (
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
-        bn.epsilon,
-        relu,
     );
+    let out = match after {
+        After::AddRelu(residual) => <Dispatch as FusedBatchNorm>::fused_batch_norm_add_relu_train(
+            x,
+            gamma,
+            beta,
+            residual.into_dispatch(),
+            bn.epsilon,
+        ),
+        relu => <Dispatch as FusedBatchNorm>::fused_batch_norm_train(
+            x,
+            gamma,
+            beta,
+            bn.epsilon,
+            matches!(relu, After::Relu),
+        ),
+    };
     let mean = Tensor::<1>::from_dispatch(out.mean).detach();
     let variance = Tensor::<1>::from_dispatch(out.variance).detach();
     let momentum = bn.momentum;

@@ -1,7 +1,7 @@
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 
-use super::{forward, forward_relu};
+use super::{forward, forward_add_relu, forward_relu};
 use crate::testing::{devices, flat, values};
 
 /// A layer with non-trivial γ, β and running statistics.
@@ -24,24 +24,37 @@ fn layer(channels: usize, device: &Device) -> BatchNorm {
     bn
 }
 
-/// The fused batch norm, followed by a ReLU if `relu`.
-fn normalise(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
-    if relu {
-        forward_relu(bn, x)
-    } else {
-        forward(bn, x)
+/// What follows the batch norm in a test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum After {
+    Nothing,
+    Relu,
+    /// `relu(bn(x) + r)` with `r` the residual input.
+    AddRelu,
+}
+
+const AFTER: [After; 3] = [After::Nothing, After::Relu, After::AddRelu];
+
+/// The fused batch norm, followed by what `after` says (`residual` for [`After::AddRelu`]).
+fn normalise(bn: &BatchNorm, x: Tensor<4>, after: After, residual: Tensor<4>) -> Tensor<4> {
+    match after {
+        After::Nothing => forward(bn, x),
+        After::Relu => forward_relu(bn, x),
+        After::AddRelu => forward_add_relu(bn, x, residual),
     }
 }
 
-/// `Σ w · y` of the f64 formula of the training-mode forward (then `max(y, 0)` if `relu`), on
-/// plain numbers.
+/// `Σ w · y` of the f64 formula of the training-mode forward (then `+ r` and `max(·, 0)`, as
+/// `after` says), on plain numbers.
+#[allow(clippy::too_many_arguments)]
 fn reference_loss(
     x: &[f64],
     gamma: &[f64],
     beta: &[f64],
+    r: &[f64],
     w: &[f64],
     shape: [usize; 4],
-    relu: bool,
+    after: After,
 ) -> f64 {
     let [n, c, h, wd] = shape;
     let plane = h * wd;
@@ -57,7 +70,12 @@ fn reference_loss(
         for i in 0..n {
             for k in 0..plane {
                 let y = gamma[ch] * (x[idx(i, ch, k)] - m) / (var + 1e-3).sqrt() + beta[ch];
-                loss += w[idx(i, ch, k)] * if relu { y.max(0.0) } else { y };
+                loss += w[idx(i, ch, k)]
+                    * match after {
+                        After::Nothing => y,
+                        After::Relu => y.max(0.0),
+                        After::AddRelu => (y + r[idx(i, ch, k)]).max(0.0),
+                    };
             }
         }
     }
@@ -69,16 +87,17 @@ fn reference_loss(
 #[test]
 fn fused_train_gradients_match_finite_differences() {
     for device in devices() {
-        for relu in [false, true] {
-            check_against_finite_differences(device.clone(), relu);
+        for after in AFTER {
+            check_against_finite_differences(device.clone(), after);
         }
     }
 }
 
-fn check_against_finite_differences(device: Device, relu: bool) {
+fn check_against_finite_differences(device: Device, after: After) {
+    let relu = after != After::Nothing;
     let shape = [3usize, 2, 3, 5];
     let n: usize = shape.iter().product();
-    let (x0, w) = (values(n, 7), values(n, 8));
+    let (x0, w, r0) = (values(n, 7), values(n, 8), values(n, 9));
     let mut bn = layer(2, &device);
     if relu {
         // β = 0: about half of the outputs fall below zero.
@@ -88,11 +107,13 @@ fn check_against_finite_differences(device: Device, relu: bool) {
     let beta: Vec<f64> = flat(bn.beta.val());
     let x32: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
     let x = Tensor::<4>::from_data(TensorData::new(x32, shape), &device).require_grad();
+    let r32: Vec<f32> = r0.iter().map(|&v| v as f32).collect();
+    let r = Tensor::<4>::from_data(TensorData::new(r32, shape), &device).require_grad();
     let wt = Tensor::<4>::from_data(
         TensorData::new(w.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape),
         &device,
     );
-    let y = normalise(&bn, x.clone(), relu);
+    let y = normalise(&bn, x.clone(), after, r.clone());
     if relu {
         let zeros = flat(y.clone()).iter().filter(|&&v| v == 0.0).count();
         assert!(
@@ -102,10 +123,10 @@ fn check_against_finite_differences(device: Device, relu: bool) {
     }
     let loss = (y * wt).sum();
     let got = flat(loss.clone().inner());
-    let want = reference_loss(&x0, &gamma, &beta, &w, shape, relu);
+    let want = reference_loss(&x0, &gamma, &beta, &r0, &w, shape, after);
     assert!(
         (got[0] - want).abs() < 1e-4 * (1.0 + want.abs()),
-        "relu {relu}: {got:?} vs {want}"
+        "{after:?}: {got:?} vs {want}"
     );
 
     let grads = loss.backward();
@@ -115,7 +136,7 @@ fn check_against_finite_differences(device: Device, relu: bool) {
         for (i, (a, b)) in analytic.iter().zip(&numeric).enumerate() {
             assert!(
                 (a - b).abs() <= 2e-4 * (1.0 + b.abs()),
-                "relu {relu}: d/d{name}[{i}]: fused {a} vs finite difference {b}"
+                "{after:?}: d/d{name}[{i}]: fused {a} vs finite difference {b}"
             );
         }
     };
@@ -124,7 +145,7 @@ fn check_against_finite_differences(device: Device, relu: bool) {
             central(&|d| {
                 let mut x = x0.clone();
                 x[i] += d;
-                reference_loss(&x, &gamma, &beta, &w, shape, relu)
+                reference_loss(&x, &gamma, &beta, &r0, &w, shape, after)
             })
         })
         .collect();
@@ -134,7 +155,7 @@ fn check_against_finite_differences(device: Device, relu: bool) {
             central(&|d| {
                 let mut g = gamma.clone();
                 g[c] += d;
-                reference_loss(&x0, &g, &beta, &w, shape, relu)
+                reference_loss(&x0, &g, &beta, &r0, &w, shape, after)
             })
         })
         .collect();
@@ -144,11 +165,23 @@ fn check_against_finite_differences(device: Device, relu: bool) {
             central(&|d| {
                 let mut b = beta.clone();
                 b[c] += d;
-                reference_loss(&x0, &gamma, &b, &w, shape, relu)
+                reference_loss(&x0, &gamma, &b, &r0, &w, shape, after)
             })
         })
         .collect();
     check("β", flat(bn.beta.val().grad(&grads).unwrap()), dbeta);
+    if after == After::AddRelu {
+        let dr: Vec<f64> = (0..n)
+            .map(|i| {
+                central(&|d| {
+                    let mut r = r0.clone();
+                    r[i] += d;
+                    reference_loss(&x0, &gamma, &beta, &r, &w, shape, after)
+                })
+            })
+            .collect();
+        check("r", flat(r.grad(&grads).unwrap()), dr);
+    }
 }
 
 /// The fused path computes what `burn::nn::BatchNorm::forward` computes on a ResNet-20 shape:
@@ -157,19 +190,20 @@ fn check_against_finite_differences(device: Device, relu: bool) {
 #[test]
 fn fused_matches_burn_batch_norm() {
     for device in devices() {
-        for relu in [false, true] {
-            compare_with_burn(device.clone(), relu);
+        for after in AFTER {
+            compare_with_burn(device.clone(), after);
         }
     }
 }
 
-fn compare_with_burn(device: Device, relu: bool) {
-    let theirs_forward = |bn: &BatchNorm, x: Tensor<4>| {
+fn compare_with_burn(device: Device, after: After) {
+    use burn::tensor::activation::relu;
+    let theirs_forward = |bn: &BatchNorm, x: Tensor<4>, r: Tensor<4>| {
         let y = bn.forward(x);
-        if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
+        match after {
+            After::Nothing => y,
+            After::Relu => relu(y),
+            After::AddRelu => relu(y + r),
         }
     };
     let shape = [4usize, 16, 8, 8];
@@ -181,20 +215,21 @@ fn compare_with_burn(device: Device, relu: bool) {
             .collect();
         Tensor::<4>::from_data(TensorData::new(v, shape), &device)
     };
-    let (x, w) = (data(11), data(12));
+    let (x, w, r) = (data(11), data(12), data(13));
     let close = |what: &str, a: Vec<f64>, b: Vec<f64>| {
         assert_eq!(a.len(), b.len(), "{what}");
         for (i, (p, q)) in a.iter().zip(&b).enumerate() {
             assert!(
                 (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                "relu {relu}: {what}[{i}]: {p} vs {q}"
+                "{after:?}: {what}[{i}]: {p} vs {q}"
             );
         }
     };
     let (ours, theirs) = (layer(16, &device), layer(16, &device));
     let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
-    let ya = normalise(&ours, xa.clone(), relu);
-    let yb = theirs_forward(&theirs, xb.clone());
+    let (ra, rb) = (r.clone().require_grad(), r.clone().require_grad());
+    let ya = normalise(&ours, xa.clone(), after, ra.clone());
+    let yb = theirs_forward(&theirs, xb.clone(), rb.clone());
     close("output", flat(ya.clone()), flat(yb.clone()));
     let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
     close(
@@ -208,6 +243,13 @@ fn compare_with_burn(device: Device, relu: bool) {
     ] {
         close(what, flat(p.grad(&ga).unwrap()), flat(q.grad(&gb).unwrap()));
     }
+    if after == After::AddRelu {
+        close(
+            "dr",
+            flat(ra.grad(&ga).unwrap()),
+            flat(rb.grad(&gb).unwrap()),
+        );
+    }
     close(
         "running mean",
         flat(ours.running_mean.value()),
@@ -219,10 +261,10 @@ fn compare_with_burn(device: Device, relu: bool) {
         flat(theirs.running_var.value()),
     );
     let (ours, theirs) = (ours.valid(), theirs.valid());
-    let x = x.inner();
+    let (x, r) = (x.inner(), r.inner());
     close(
         "eval output",
-        flat(normalise(&ours, x.clone(), relu)),
-        flat(theirs_forward(&theirs, x)),
+        flat(normalise(&ours, x.clone(), after, r.clone())),
+        flat(theirs_forward(&theirs, x, r)),
     );
 }

@@ -7,7 +7,6 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::{MemberConfig, Normalize, he_normal, kernel_sq};
 use adp_kernels::{batch_norm, conv};
@@ -47,6 +46,11 @@ impl ConvBn {
     fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
         batch_norm::forward_relu(&self.bn, conv::forward(&self.conv, x))
     }
+
+    /// `relu(forward(x) + residual)`, the addition and the ReLU fused into the batch norm.
+    fn forward_add_relu(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+        batch_norm::forward_add_relu(&self.bn, conv::forward(&self.conv, x), residual)
+    }
 }
 
 /// Two 3x3 conv-BN layers with an identity or 1x1-projection shortcut.
@@ -59,12 +63,11 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.b.forward(self.a.forward_relu(x.clone()));
-        let x = match &self.shortcut {
-            Some(proj) => conv::forward(proj, x),
-            None => x,
+        let shortcut = match &self.shortcut {
+            Some(proj) => conv::forward(proj, x.clone()),
+            None => x.clone(),
         };
-        relu(x + y)
+        self.b.forward_add_relu(self.a.forward_relu(x), shortcut)
     }
 }
 
