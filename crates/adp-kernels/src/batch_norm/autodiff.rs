@@ -2,12 +2,14 @@
 //! backend's fused backward kernel.
 
 use burn::backend::Autodiff;
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
+use burn::tensor::Shape;
 
 use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
@@ -131,7 +133,113 @@ where
     }
 }
 
+/// What the evaluation-mode backward needs: checkpointed `x`, the values of `scale`, and the
+/// output if a ReLU was fused.
+type AffineState<B> = (NodeId, FloatTensor<B>, Option<FloatTensor<B>>);
+
+/// The recorded evaluation-mode forward: parents `x`, `scale`, `shift` (`N = 3`: `x · scale +
+/// shift`, then the ReLU if fused), and `residual` (`N = 4`: `relu(x · scale + shift +
+/// residual)`).
+#[derive(Debug)]
+struct AffineOp<const N: usize>;
+
+impl<B: FusedBatchNorm, const N: usize> Backward<B, N> for AffineOp<N> {
+    type State = AffineState<B>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
+        let output_grad = grads.consume::<B>(&ops.node);
+        let params = ops.parents[1].is_some() || ops.parents[2].is_some();
+        let g = affine_grads::<B>(ops.state, output_grad, params, ckpt);
+        for (node, grad) in ops.parents.into_iter().zip(g) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The gradients of `x`, `scale`, `shift` (these two if `params`) and of a residual (the output
+/// gradient through the ReLU): `∂x = g · scale`, `∂scale = Σ g · x`, `∂shift = Σ g`.
+fn affine_grads<B: FusedBatchNorm>(
+    state: AffineState<B>,
+    output_grad: FloatTensor<B>,
+    params: bool,
+    ckpt: &mut Checkpointer,
+) -> [Option<FloatTensor<B>>; 4] {
+    let (x_id, scale, output) = state;
+    let g = match output {
+        Some(y) => B::relu_backward(y, output_grad),
+        None => output_grad,
+    };
+    let dx = B::float_mul(g.clone(), super::per_channel::<B>(scale, &g));
+    if !params {
+        return [Some(dx), None, None, Some(g)];
+    }
+    let x = ckpt.retrieve_node_output::<FloatTensor<B>>(x_id);
+    let channels = g.shape()[1];
+    let dims: Vec<usize> = (0..g.shape().num_dims()).filter(|&d| d != 1).collect();
+    let sum = |t| B::float_reshape(B::float_sum_dims(t, &dims), Shape::from(vec![channels]));
+    let (dscale, dshift) = (sum(B::float_mul(g.clone(), x)), sum(g.clone()));
+    [Some(dx), Some(dscale), Some(dshift), Some(g)]
+}
+
+/// Runs the inner backend's evaluation-mode forward `run(x, scale)` and records it as `prep`'s
+/// node, keeping the output for the backward if a ReLU was fused (`relu`).
+fn record_affine<B, C, O, const N: usize>(
+    prep: OpsKind<O, B, AffineState<B>, C, N>,
+    x: FloatTensor<Autodiff<B, C>>,
+    scale: FloatTensor<Autodiff<B, C>>,
+    relu: bool,
+    run: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: FusedBatchNorm,
+    C: CheckpointStrategy,
+    O: Backward<B, N, State = AffineState<B>>,
+{
+    match prep {
+        OpsKind::Tracked(mut prep) => {
+            let x_id = prep.checkpoint(&x);
+            let scale = scale.into_primitive();
+            let y = run(x.into_primitive(), scale.clone());
+            prep.finish((x_id, scale, relu.then(|| y.clone())), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(run(x.into_primitive(), scale.into_primitive())),
+    }
+}
+
 impl<B: FusedBatchNorm, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, C> {
+    fn fused_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let prep = AffineOp::<3>
+            .prepare::<C>([x.node(), scale.node(), shift.node()])
+            .compute_bound()
+            .stateful();
+        record_affine(prep, x, scale, relu, |x, scale| {
+            B::fused_affine(x, scale, shift.into_primitive(), relu)
+        })
+    }
+
+    fn fused_affine_add_relu(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let prep = AffineOp::<4>
+            .prepare::<C>([x.node(), scale.node(), shift.node(), residual.node()])
+            .compute_bound()
+            .stateful();
+        record_affine(prep, x, scale, true, |x, scale| {
+            let (shift, residual) = (shift.into_primitive(), residual.into_primitive());
+            B::fused_affine_add_relu(x, scale, shift, residual)
+        })
+    }
+
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

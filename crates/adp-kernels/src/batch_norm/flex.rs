@@ -186,6 +186,19 @@ impl FusedBatchNorm for Flex {
         forward(x, gamma, beta, epsilon, true, Some(residual))
     }
 
+    fn fused_affine(x: FlexTensor, scale: FlexTensor, shift: FlexTensor, relu: bool) -> FlexTensor {
+        affine(x, scale, shift, None, relu)
+    }
+
+    fn fused_affine_add_relu(
+        x: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        residual: FlexTensor,
+    ) -> FlexTensor {
+        affine(x, scale, shift, Some(residual), true)
+    }
+
     fn fused_batch_norm_train_backward(
         x: FlexTensor,
         gamma: FlexTensor,
@@ -249,12 +262,29 @@ fn forward(
     let shift: Vec<f32> = (0..p.channels)
         .map(|c| beta[c] - mean32[c] * scale[c])
         .collect();
+    BatchNormOutput {
+        output: affine_planes(&p, shape, &scale, &shift, pr.as_ref(), relu),
+        mean: vector(mean32),
+        variance: vector(to_f32(&variance)),
+    }
+}
+
+/// `x · scale + shift` per channel, plus the `residual` planes if given, through the ReLU if
+/// `relu`: one pass over the activation.
+fn affine_planes(
+    p: &Planes,
+    shape: Vec<usize>,
+    scale: &[f32],
+    shift: &[f32],
+    residual: Option<&Planes>,
+    relu: bool,
+) -> FlexTensor {
     // burn's `relu`: values `≤ 0` become 0.
     let clip = |v: f32| if relu && v <= 0.0 { 0.0 } else { v };
-    let output = map_planes(&p, shape, |i, c, o| {
+    map_planes(p, shape, |i, c, o| {
         let values = o.iter_mut().zip(p.plane_at(i));
         let (scale, shift) = (scale[c], shift[c]);
-        match &pr {
+        match residual {
             // (a · scale + shift) + r rounds as the separate batch norm and addition do.
             Some(r) => {
                 for ((o, &a), &r) in values.zip(r.plane_at(i)) {
@@ -267,12 +297,38 @@ fn forward(
                 }
             }
         }
-    });
-    BatchNormOutput {
-        output,
-        mean: vector(mean32),
-        variance: vector(to_f32(&variance)),
+    })
+}
+
+/// Evaluation mode, [`affine_planes`] where the kernel applies, burn's operations elsewhere.
+fn affine(
+    x: FlexTensor,
+    scale: FlexTensor,
+    shift: FlexTensor,
+    residual: Option<FlexTensor>,
+    relu: bool,
+) -> FlexTensor {
+    let residual_fits = residual
+        .as_ref()
+        .is_none_or(|r| r.dtype() == DType::F32 && r.layout().shape() == x.layout().shape());
+    if !native(&x) || !residual_fits || !per_channel(&x, &[&scale, &shift]) {
+        let y = super::affine::<Flex>(x, scale, shift);
+        let y = match residual {
+            Some(r) => <Flex as FloatTensorOps<Flex>>::float_add(y, r),
+            None => y,
+        };
+        return if relu {
+            <Flex as ActivationOps<Flex>>::relu(y)
+        } else {
+            y
+        };
     }
+    let x = x.to_contiguous();
+    let residual = residual.map(|r| r.to_contiguous());
+    let shape = x.layout().shape().to_vec();
+    let (scale, shift) = (read(&scale), read(&shift));
+    let pr = residual.as_ref().map(Planes::new);
+    affine_planes(&Planes::new(&x), shape, &scale, &shift, pr.as_ref(), relu)
 }
 
 /// The batch-norm backward, through the fused ReLU where its `output` is given: two passes over

@@ -14,10 +14,12 @@
 //! as a burn backend extension ([`FusedBatchNorm`]): a native kernel on `flex` (three passes over
 //! the activation forward, three backward), libtorch's own `native_batch_norm` on `tch`, burn's
 //! composite elsewhere, and a hand-written backward on the autodiff backend. In evaluation mode the
-//! running statistics are folded into one per-channel scale and shift, two elementwise passes.
+//! running statistics are folded into one per-channel scale and shift, `x · scale + shift`, one
+//! pass on `flex` ([`FusedBatchNorm::fused_affine`]), with its own autodiff node (attacks
+//! differentiate the members in evaluation mode).
 //!
 //! The ReLU that follows a batch norm, and the shortcut addition before it at the end of a
-//! residual block, fuse into the same kernel ([`forward_relu`], [`forward_add_relu`]).
+//! residual block, fuse into the same kernels ([`forward_relu`], [`forward_add_relu`]).
 //!
 //! The layer's parameters stay burn's [`BatchNorm`] module, so checkpoints and the PyTorch interop
 //! mapping are unchanged.
@@ -32,7 +34,9 @@ mod flex;
 mod tch;
 
 use burn::backend::ops::{BatchNormTrain, BatchNormTrainBackward};
-use burn::backend::{Backend, Dispatch, ExtensionType, backend_extension, tensor::FloatTensor};
+use burn::backend::{
+    Backend, Dispatch, ExtensionType, TensorMetadata, backend_extension, tensor::FloatTensor,
+};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 use burn::tensor::activation;
@@ -136,6 +140,28 @@ pub trait FusedBatchNorm: Backend {
         out
     }
 
+    /// Evaluation mode: `x · scale + shift` per channel (`scale` and `shift` `[C]`: the running
+    /// statistics folded into γ and β), then the ReLU if `relu`.
+    fn fused_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let y = affine::<Self>(x, scale, shift);
+        if relu { Self::relu(y) } else { y }
+    }
+
+    /// Evaluation mode at the end of a residual block: `relu(x · scale + shift + residual)`.
+    fn fused_affine_add_relu(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::relu(Self::float_add(affine::<Self>(x, scale, shift), residual))
+    }
+
     /// The same with the ReLU: `output` is the forward's output, and the gradient is zero where
     /// it is `≤ 0` (burn's `relu_backward`).
     fn fused_batch_norm_relu_train_backward(
@@ -150,6 +176,23 @@ pub trait FusedBatchNorm: Backend {
         let output_grad = Self::relu_backward(output, output_grad);
         Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
     }
+}
+
+/// `[C]` shaped to broadcast against the `[N, C, ...]` tensor `x`: `[1, C, 1, ...]`.
+fn per_channel<B: Backend>(v: FloatTensor<B>, x: &FloatTensor<B>) -> FloatTensor<B> {
+    let mut dims = vec![1; x.shape().num_dims()];
+    dims[1] = x.shape()[1];
+    B::float_reshape(v, Shape::from(dims))
+}
+
+/// `x · scale + shift` per channel, with burn's operations.
+fn affine<B: Backend>(
+    x: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    shift: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let (scale, shift) = (per_channel::<B>(scale, &x), per_channel::<B>(shift, &x));
+    B::float_add(B::float_mul(x, scale), shift)
 }
 
 #[cfg(feature = "ndarray")]
@@ -191,7 +234,7 @@ fn normalise(bn: &BatchNorm, x: Tensor<4>, after: After) -> Tensor<4> {
     } else if device.is_autodiff() && bn.training.is_enabled() {
         return forward_train(bn, x, after);
     } else {
-        forward_inference(bn, x)
+        return forward_inference(bn, x, after);
     };
     match after {
         After::Nothing => y,
@@ -240,15 +283,29 @@ fn forward_train(bn: &BatchNorm, x: Tensor<4>, after: After) -> Tensor<4> {
 }
 
 /// Evaluation mode: `y = x · s + t` with `s = γ / sqrt(var + ε)` and `t = β − mean · s`, computed
-/// on `[C]` tensors first, so the activation sees two elementwise passes instead of four.
-fn forward_inference(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// on `[C]` tensors first, then one fused pass over the activation (with what follows).
+fn forward_inference(bn: &BatchNorm, x: Tensor<4>, after: After) -> Tensor<4> {
     let device = x.device();
-    let channels = bn.gamma.dims()[0];
     let mean = bn.running_mean.value().to_device(&device);
     let var = bn.running_var.value().to_device(&device);
     let scale = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt();
     let shift = bn.beta.val() - mean * scale.clone();
-    x * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1])
+    let (x, scale, shift) = (
+        x.into_dispatch(),
+        scale.into_dispatch(),
+        shift.into_dispatch(),
+    );
+    Tensor::from_dispatch(match after {
+        After::AddRelu(residual) => <Dispatch as FusedBatchNorm>::fused_affine_add_relu(
+            x,
+            scale,
+            shift,
+            residual.into_dispatch(),
+        ),
+        relu => {
+            <Dispatch as FusedBatchNorm>::fused_affine(x, scale, shift, matches!(relu, After::Relu))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -268,3 +268,64 @@ fn compare_with_burn(device: Device, after: After) {
         flat(theirs_forward(&theirs, x, r)),
     );
 }
+
+/// Evaluation mode under autodiff (an attack's input gradient, or a frozen layer whose γ and β
+/// still train): the fused affine map against `BatchNorm::forward` + add + `relu`, in the
+/// output and the gradients of x, the shortcut, γ and β.
+#[test]
+fn fused_eval_mode_gradients_match_burn() {
+    use burn::module::Param;
+    use burn::tensor::activation::relu;
+    for device in devices() {
+        for after in AFTER {
+            let shape = [3usize, 4, 5, 6];
+            let n: usize = shape.iter().product();
+            let data = |seed| {
+                let v: Vec<f32> = values(n, seed).iter().map(|&v| v as f32).collect();
+                Tensor::<4>::from_data(TensorData::new(v, shape), &device)
+            };
+            let (x, w, r) = (data(21), data(22), data(23));
+            let eval = |mut bn: BatchNorm| {
+                bn.training = Param::from_bool(false);
+                bn
+            };
+            let (ours, theirs) = (eval(layer(4, &device)), eval(layer(4, &device)));
+            let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+            let (ra, rb) = (r.clone().require_grad(), r.require_grad());
+            let ya = normalise(&ours, xa.clone(), after, ra.clone());
+            let yb = match after {
+                After::Nothing => theirs.forward(xb.clone()),
+                After::Relu => relu(theirs.forward(xb.clone())),
+                After::AddRelu => relu(theirs.forward(xb.clone()) + rb.clone()),
+            };
+            if after != After::Nothing {
+                assert!(
+                    flat(ya.clone()).contains(&0.0),
+                    "{after:?}: nothing clipped"
+                );
+            }
+            let close = |what: &str, a: Vec<f64>, b: Vec<f64>| {
+                assert_eq!(a.len(), b.len(), "{what}");
+                for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                        "{after:?}: {what}[{i}]: {p} vs {q}"
+                    );
+                }
+            };
+            close("y", flat(ya.clone()), flat(yb.clone()));
+            let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
+            let grad = |t: &Tensor<4>, g| flat(t.grad(g).unwrap());
+            close("dx", grad(&xa, &ga), grad(&xb, &gb));
+            if after == After::AddRelu {
+                close("dr", grad(&ra, &ga), grad(&rb, &gb));
+            }
+            for (what, p, q) in [
+                ("dγ", ours.gamma.val(), theirs.gamma.val()),
+                ("dβ", ours.beta.val(), theirs.beta.val()),
+            ] {
+                close(what, flat(p.grad(&ga).unwrap()), flat(q.grad(&gb).unwrap()));
+            }
+        }
+    }
+}
