@@ -30,8 +30,8 @@ struct Windows {
 
 impl Windows {
     /// The windows of `x`, or `None` where this kernel does not apply (not f32 of rank 4, an
-    /// empty size or window, a window larger than the image): burn's own operations then run,
-    /// and report any error.
+    /// empty size or window, a window larger than the image, a plane of 2³² values or more,
+    /// whose positions `u32` cannot hold): burn's own operations then run, and report any error.
     fn of(x: &FlexTensor, kernel: [usize; 2]) -> Option<Self> {
         let dims = x.layout().shape().to_vec();
         let [n, c, h, w] = dims[..] else { return None };
@@ -39,7 +39,8 @@ impl Windows {
             && n * c > 0
             && kernel.iter().all(|&k| k > 0)
             && h >= kernel[0]
-            && w >= kernel[1];
+            && w >= kernel[1]
+            && u32::try_from(h * w).is_ok();
         applies.then_some(Self {
             planes: n * c,
             h,
