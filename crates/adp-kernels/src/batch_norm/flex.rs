@@ -5,7 +5,7 @@
 //! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
 
 use burn::backend::Flex;
-use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -157,6 +157,11 @@ fn native(x: &FlexTensor) -> bool {
     x.dtype() == DType::F32 && dims.len() >= 2 && dims.iter().all(|&d| d > 0)
 }
 
+/// Whether `t` is f32 data shaped like `x` (a residual, an output or its gradient).
+fn like(t: &FlexTensor, x: &FlexTensor) -> bool {
+    t.dtype() == DType::F32 && t.layout().shape() == x.layout().shape()
+}
+
 /// Whether every one of `vectors` holds one value per channel of `x`.
 fn per_channel(x: &FlexTensor, vectors: &[&FlexTensor]) -> bool {
     let channels = x.layout().shape()[1];
@@ -233,18 +238,11 @@ fn forward(
     relu: bool,
     residual: Option<FlexTensor>,
 ) -> BatchNormOutput<Flex> {
-    let residual_fits = residual
-        .as_ref()
-        .is_none_or(|r| r.dtype() == DType::F32 && r.layout().shape() == x.layout().shape());
+    let residual_fits = residual.as_ref().is_none_or(|r| like(r, &x));
     if !native(&x) || !residual_fits || !per_channel(&x, &[&gamma, &beta]) {
         let mut out: BatchNormOutput<Flex> =
             <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon).into();
-        if let Some(r) = residual {
-            out.output = <Flex as FloatTensorOps<Flex>>::float_add(out.output, r);
-        }
-        if relu {
-            out.output = <Flex as ActivationOps<Flex>>::relu(out.output);
-        }
+        out.output = super::add_relu::<Flex>(out.output, residual, relu);
         return out;
     }
     let x = x.to_contiguous();
@@ -308,20 +306,10 @@ fn affine(
     residual: Option<FlexTensor>,
     relu: bool,
 ) -> FlexTensor {
-    let residual_fits = residual
-        .as_ref()
-        .is_none_or(|r| r.dtype() == DType::F32 && r.layout().shape() == x.layout().shape());
+    let residual_fits = residual.as_ref().is_none_or(|r| like(r, &x));
     if !native(&x) || !residual_fits || !per_channel(&x, &[&scale, &shift]) {
         let y = super::affine::<Flex>(x, scale, shift);
-        let y = match residual {
-            Some(r) => <Flex as FloatTensorOps<Flex>>::float_add(y, r),
-            None => y,
-        };
-        return if relu {
-            <Flex as ActivationOps<Flex>>::relu(y)
-        } else {
-            y
-        };
+        return super::add_relu::<Flex>(y, residual, relu);
     }
     let x = x.to_contiguous();
     let residual = residual.map(|r| r.to_contiguous());
@@ -342,8 +330,7 @@ fn backward(
     output: Option<FlexTensor>,
     output_grad: FlexTensor,
 ) -> BatchNormGrads<Flex> {
-    let fits = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().shape() == x.layout().shape();
-    let grad_fits = fits(&output_grad) && output.as_ref().is_none_or(fits);
+    let grad_fits = like(&output_grad, &x) && output.as_ref().is_none_or(|y| like(y, &x));
     if !native(&x) || !grad_fits || !per_channel(&x, &[&gamma, &mean, &variance]) {
         let output_grad = match output {
             Some(y) => <Flex as ActivationOps<Flex>>::relu_backward(y, output_grad),

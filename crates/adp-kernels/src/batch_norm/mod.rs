@@ -105,9 +105,7 @@ pub trait FusedBatchNorm: Backend {
         relu: bool,
     ) -> BatchNormOutput<Self> {
         let mut out: BatchNormOutput<Self> = Self::batch_norm_train(x, gamma, beta, epsilon).into();
-        if relu {
-            out.output = Self::relu(out.output);
-        }
+        out.output = add_relu::<Self>(out.output, None, relu);
         out
     }
 
@@ -136,7 +134,7 @@ pub trait FusedBatchNorm: Backend {
         epsilon: f64,
     ) -> BatchNormOutput<Self> {
         let mut out = Self::fused_batch_norm_train(x, gamma, beta, epsilon, false);
-        out.output = Self::relu(Self::float_add(out.output, residual));
+        out.output = add_relu::<Self>(out.output, Some(residual), true);
         out
     }
 
@@ -148,8 +146,7 @@ pub trait FusedBatchNorm: Backend {
         shift: FloatTensor<Self>,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let y = affine::<Self>(x, scale, shift);
-        if relu { Self::relu(y) } else { y }
+        add_relu::<Self>(affine::<Self>(x, scale, shift), None, relu)
     }
 
     /// Evaluation mode at the end of a residual block: `relu(x · scale + shift + residual)`.
@@ -159,7 +156,7 @@ pub trait FusedBatchNorm: Backend {
         shift: FloatTensor<Self>,
         residual: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::relu(Self::float_add(affine::<Self>(x, scale, shift), residual))
+        add_relu::<Self>(affine::<Self>(x, scale, shift), Some(residual), true)
     }
 
     /// The same with the ReLU: `output` is the forward's output, and the gradient is zero where
@@ -183,6 +180,20 @@ fn per_channel<B: Backend>(v: FloatTensor<B>, x: &FloatTensor<B>) -> FloatTensor
     let mut dims = vec![1; x.shape().num_dims()];
     dims[1] = x.shape()[1];
     B::float_reshape(v, Shape::from(dims))
+}
+
+/// `y + residual` if given, then burn's ReLU if `relu`: what follows the batch norm, with burn's
+/// operations.
+fn add_relu<B: Backend>(
+    y: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    relu: bool,
+) -> FloatTensor<B> {
+    let y = match residual {
+        Some(r) => B::float_add(y, r),
+        None => y,
+    };
+    if relu { B::relu(y) } else { y }
 }
 
 /// `x · scale + shift` per channel, with burn's operations.
