@@ -3,7 +3,7 @@
 //! images.
 //!
 //! Only f32 data with `groups = 1` takes this path ([`Geometry::of`]); anything else goes to
-//! burn-flex's own.
+//! burn-flex's own. Where [`direct`] applies, it runs instead of the im2col product.
 
 use burn::backend::Flex;
 use burn::backend::ops::{ConvOptions, ModuleOps};
@@ -16,6 +16,9 @@ use std::mem::MaybeUninit;
 use crate::buffer::{assume_written, with_scratch, written, zeroed};
 
 use super::FastConv2d;
+
+#[cfg(target_arch = "x86_64")]
+mod direct;
 
 type FlexTensor = FloatTensor<Flex>;
 
@@ -135,6 +138,10 @@ impl Geometry {
     /// weights `ws`, plus `bias` per output channel: per image, im2col into this thread's scratch
     /// and one product written straight into the `[N, C_out, H_out, W_out]` output.
     fn convolve(&self, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(y) = direct::convolve(self, xs, ws, bias) {
+            return y;
+        }
         let (k, p) = (self.k(), self.p());
         let parallelism = inner_parallelism(self.batch);
         let (image, output) = (self.c_in * self.h * self.w, self.c_out * p);
@@ -457,6 +464,10 @@ impl FastConv2d for Flex {
         };
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let (xs, dys) = (slice(&x), slice(&dy));
+        #[cfg(target_arch = "x86_64")]
+        if let Some(dw) = direct::weight_grad(&g, xs, dys) {
+            return tensor(dw, [g.c_out, g.c_in, g.kh, g.kw]);
+        }
         let (k, p) = (g.k(), g.p());
         let parallelism = inner_parallelism(g.batch);
         // Fixed chunks of images, each summed in order, then the chunks' sums in order: the

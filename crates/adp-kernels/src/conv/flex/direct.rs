@@ -1,0 +1,763 @@
+//! Direct convolution for the stride-1 convolutions whose output is as large as their input (the
+//! 3×3, padding-1 layers that make up most of ResNet-20, and the input gradient of each of them,
+//! which is one: [`Geometry::transposed`]) and their weight gradients, without an im2col matrix.
+//!
+//! Each image is copied once, with its zero padding, into planes `W_p = W + k_w − 1` wide. Output
+//! position `q = h·W_p + w` of kernel tap `(i, j)` then reads input position `q + i·W_p + j` of the
+//! padded plane, for every `q`: each tap is a shifted view of one buffer, and
+//!
+//! ```text
+//! y[o][q]     = Σ_c Σ_(i,j) W[o][c][i][j] · x_p[c][q + i·W_p + j]
+//! ∂W[o][c][i][j] = Σ_image Σ_q ∂y[o][q] · x_p[c][q + i·W_p + j]
+//! ```
+//!
+//! **Forward** ([`tile`]): a register tile holds `MO` output channels × `NQ` SIMD vectors of
+//! positions (the `k_w − 1` positions per row past the image are computed and dropped); per input
+//! channel and tap it loads `NQ` vectors of the shifted input and broadcasts `MO` weights.
+//! **Weight gradient** ([`grad_tile`]): a tile holds `R` (input channel, tap) rows × `OV` vectors of
+//! output channels, and sums over the positions in its registers, one broadcast input value and
+//! `OV` vectors of the transposed output gradient per position.
+//!
+//! Either way each input value is read from the cache rather than from a 9-times larger im2col
+//! copy, and nothing is packed. AVX-512 and AVX2 (with FMA) each have their tiles; other CPUs,
+//! other geometries and the weight gradients these tiles do not fit keep the im2col path.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use crate::buffer::{with_scratch, written};
+
+use super::{Geometry, WEIGHT_GRAD_CHUNK};
+
+/// Output channels of a register tile, for AVX-512 (32 registers) and AVX2 (16 registers).
+const MO_512: usize = 8;
+const MO_256: usize = 4;
+/// Vectors of positions of a one-channel tile, for convolutions with fewer output channels
+/// than half a tile (the input gradient of a first layer on one-channel images).
+const NQ_SINGLE: usize = 4;
+
+/// The layout of one direct convolution.
+struct Plan {
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    /// Width of a padded row.
+    wp: usize,
+    /// Values per padded input plane (the padded image, and room for the last tile's reads).
+    plane: usize,
+    /// Output positions computed per image, `H · W_p` rounded up to whole tiles.
+    positions: usize,
+    /// Offset of each kernel tap in a padded plane, `i·W_p + j`, in the weight's order.
+    taps: Vec<usize>,
+    /// Output channels per tile: the instruction set's, or 1 for fewer than half of them.
+    mo: usize,
+    /// Vectors of positions per tile.
+    nq: usize,
+}
+
+impl Plan {
+    /// The plan of `g` for `lanes`-wide vectors and tiles of `mo` output channels, or `None`
+    /// where it is not a stride-1 convolution with dilation 1 and the output as large as the
+    /// input.
+    fn of(g: &Geometry, lanes: usize, mo: usize) -> Option<Self> {
+        let same = g.stride == [1, 1] && g.dilation == [1, 1] && g.out_h == g.h && g.out_w == g.w;
+        if !same {
+            return None;
+        }
+        let mo = if g.c_out >= mo / 2 { mo } else { 1 };
+        let wp = g.w + g.kw - 1;
+        let vectors = (g.h * wp).div_ceil(lanes);
+        // Cycles per tile and tap, on two load and two FMA ports: the larger of the loads
+        // (`nq` vectors and `mo` broadcasts) and the products (`mo · nq`).
+        let cost = |nq: usize| vectors.div_ceil(nq) * (nq + mo).max(mo * nq);
+        let nq = if mo == 1 {
+            NQ_SINGLE
+        } else {
+            (1..=3).rev().min_by_key(|&nq| cost(nq))?
+        };
+        let positions = vectors.div_ceil(nq) * nq * lanes;
+        let reach = (g.kh - 1) * wp + g.kw - 1;
+        let taps = (0..g.kh)
+            .flat_map(|i| (0..g.kw).map(move |j| i * wp + j))
+            .collect();
+        Some(Self {
+            c_in: g.c_in,
+            c_out: g.c_out,
+            h: g.h,
+            w: g.w,
+            wp,
+            plane: ((g.h + g.kh - 1) * wp).max(positions + reach),
+            positions,
+            taps,
+            mo,
+            nq,
+        })
+    }
+
+    /// Copies one image `[C_in, H, W]` into `xp` `[C_in, plane]`, zero outside the image.
+    fn pad(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
+        xp.fill(0.0);
+        let (hw, top, left) = (self.h * self.w, g.pad[0], g.pad[1]);
+        for (src, dst) in x.chunks_exact(hw).zip(xp.chunks_exact_mut(self.plane)) {
+            for (row, line) in src.chunks_exact(self.w).enumerate() {
+                let at = (row + top) * self.wp + left;
+                dst[at..at + self.w].copy_from_slice(line);
+            }
+        }
+    }
+
+    /// Output channels rounded up to whole tiles.
+    fn rows(&self) -> usize {
+        self.c_out.div_ceil(self.mo) * self.mo
+    }
+
+    /// The weights `[C_out, C_in, k_h, k_w]` as tiles of `mo` output channels,
+    /// `[C_out / mo][C_in][tap][mo]`, the missing channels of the last tile zero.
+    fn pack(&self, ws: &[f32]) -> Vec<f32> {
+        let (taps, mo, blocks) = (self.taps.len(), self.mo, self.c_out.div_ceil(self.mo));
+        let mut packed = vec![0f32; blocks * self.c_in * taps * mo];
+        for (o, kernels) in ws.chunks_exact(self.c_in * taps).enumerate() {
+            let block = &mut packed[o / mo * self.c_in * taps * mo..];
+            for (c, kernel) in kernels.chunks_exact(taps).enumerate() {
+                for (t, &v) in kernel.iter().enumerate() {
+                    block[(c * taps + t) * mo + o % mo] = v;
+                }
+            }
+        }
+        packed
+    }
+
+    /// Writes `y` `[C_out, H, W]` from the tiles' output `out` `[C_out rounded up, positions]`,
+    /// dropping the padding columns and adding `bias`.
+    fn unpad(&self, out: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
+        let hw = self.h * self.w;
+        for (o, (rows, dst)) in out
+            .chunks_exact(self.positions)
+            .zip(y.chunks_exact_mut(hw))
+            .enumerate()
+        {
+            let b = bias.map_or(0.0, |b| b[o]);
+            for (src, dst) in rows.chunks_exact(self.wp).zip(dst.chunks_exact_mut(self.w)) {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    d.write(v + b);
+                }
+            }
+        }
+    }
+}
+
+/// One SIMD register of `N` f32 lanes.
+trait Lanes: Copy {
+    const N: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(p: *const f32) -> Self;
+    /// `self + a · b`, fused.
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, b: Self) -> Self;
+}
+
+impl Lanes for __m512 {
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self {
+        unsafe { _mm512_set1_ps(*p) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        unsafe { _mm512_fmadd_ps(a, b, self) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { _mm512_storeu_ps(p, self) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        unsafe { _mm512_add_ps(self, b) }
+    }
+}
+
+impl Lanes for __m256 {
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self {
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        unsafe { _mm256_fmadd_ps(a, b, self) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { _mm256_storeu_ps(p, self) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        unsafe { _mm256_add_ps(self, b) }
+    }
+}
+
+/// One register tile: output channels `MO` of block `w` (packed, [`Plan::pack`]) at the `NQ`
+/// vectors of positions from `q`, written to `out` (rows `positions` apart).
+///
+/// # Safety
+///
+/// The CPU has `V`'s instructions; `xp` holds `C_in` padded planes, `w` one packed block, and
+/// `out` `MO` rows of `positions` values with `q + NQ·N ≤ positions`.
+#[inline(always)]
+unsafe fn tile<V: Lanes, const MO: usize, const NQ: usize>(
+    plan: &Plan,
+    xp: &[f32],
+    w: &[f32],
+    q: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[unsafe { V::zero() }; NQ]; MO];
+    let mut wp = w.as_ptr();
+    for c in 0..plan.c_in {
+        let x = xp[c * plan.plane + q..].as_ptr();
+        for &d in &plan.taps {
+            let mut xv = [unsafe { V::zero() }; NQ];
+            for (v, xv) in xv.iter_mut().enumerate() {
+                // SAFETY: `plane ≥ positions + reach` keeps `q + d + NQ·N` inside the plane.
+                *xv = unsafe { V::load(x.add(d + v * V::N)) };
+            }
+            for row in acc.iter_mut() {
+                // SAFETY: the packed block holds `MO` weights per channel and tap.
+                let wv = unsafe { V::splat(wp) };
+                for (a, &x) in row.iter_mut().zip(&xv) {
+                    *a = unsafe { a.mul_add(wv, x) };
+                }
+                wp = unsafe { wp.add(1) };
+            }
+        }
+    }
+    for (m, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            let at = m * plan.positions + q + v * V::N;
+            assert!(at + V::N <= out.len());
+            unsafe { a.store(out.as_mut_ptr().add(at)) };
+        }
+    }
+}
+
+/// Every tile of one image: `out` `[C_out rounded up to MO, positions]`.
+///
+/// # Safety
+///
+/// As [`tile`].
+#[inline(always)]
+unsafe fn image<V: Lanes, const MO: usize, const NQ: usize>(
+    plan: &Plan,
+    xp: &[f32],
+    packed: &[f32],
+    out: &mut [f32],
+) {
+    let block = plan.c_in * plan.taps.len() * MO;
+    for (w, rows) in packed
+        .chunks_exact(block)
+        .zip(out.chunks_exact_mut(MO * plan.positions))
+    {
+        for q in (0..plan.positions).step_by(NQ * V::N) {
+            unsafe { tile::<V, MO, NQ>(plan, xp, w, q, rows) };
+        }
+    }
+}
+
+/// [`image`] with the tile of `plan`, on buffers checked to be large enough.
+///
+/// # Safety
+///
+/// The CPU has `V`'s instructions.
+#[inline(always)]
+unsafe fn dispatch<V: Lanes, const MO: usize>(
+    plan: &Plan,
+    xp: &[f32],
+    packed: &[f32],
+    out: &mut [f32],
+) {
+    assert!(plan.mo == MO || plan.mo == 1);
+    assert!(xp.len() >= plan.c_in * plan.plane);
+    assert!(packed.len() >= plan.rows() * plan.c_in * plan.taps.len());
+    assert!(out.len() >= plan.rows() * plan.positions);
+    unsafe {
+        if plan.mo == 1 {
+            return image::<V, 1, NQ_SINGLE>(plan, xp, packed, out);
+        }
+        match plan.nq {
+            1 => image::<V, MO, 1>(plan, xp, packed, out),
+            2 => image::<V, MO, 2>(plan, xp, packed, out),
+            _ => image::<V, MO, 3>(plan, xp, packed, out),
+        }
+    }
+}
+
+/// The weight gradient's layout: `∂Wᵀ` `[rows, C_out]`, one row per input channel and tap
+/// (`r = c·taps + t`, the weight's own order), rounded up to whole tiles of `r_tile` rows.
+struct GradPlan<'a> {
+    plan: &'a Plan,
+    /// Offset in the padded images of each row's input channel and tap, `c·plane + i·W_p + j`
+    /// (0 for the rows past `C_in · taps`, whose sums are dropped).
+    bases: Vec<usize>,
+    /// Output-channel vectors per tile.
+    ov: usize,
+}
+
+impl GradPlan<'_> {
+    fn rows(&self) -> usize {
+        self.bases.len()
+    }
+}
+
+/// One tile of the weight gradient: rows `r..r + R` of `∂Wᵀ` at output channels `o..o + OV·N`,
+/// summed over the positions of one image and added to `dwt`:
+///
+/// ```text
+/// ∂Wᵀ[c·taps + t][o] += Σ_(h,w) ∂y[o][h][w] · x_p[c][(h + i)·W_p + w + j]
+/// ```
+///
+/// The output gradient comes transposed, `dyt` `[H·W, C_out]`, so that each position gives `OV`
+/// vectors of output channels; each row broadcasts one input value. Every product lands in its
+/// own register: no sum across lanes.
+///
+/// # Safety
+///
+/// The CPU has `V`'s instructions; `xp` holds one image's padded planes, `dyt` its transposed
+/// gradient, `dwt` `[rows, C_out]`; `r + R ≤ rows` and `o + OV·N ≤ C_out`.
+#[inline(always)]
+unsafe fn grad_tile<V: Lanes, const OV: usize, const R: usize>(
+    gp: &GradPlan,
+    xp: &[f32],
+    dyt: &[f32],
+    (r, o): (usize, usize),
+    dwt: &mut [f32],
+) {
+    let plan = gp.plan;
+    let c_out = plan.c_out;
+    let mut acc = [[unsafe { V::zero() }; OV]; R];
+    let bases: [usize; R] = std::array::from_fn(|k| gp.bases[r + k]);
+    let (x, mut dy) = (xp.as_ptr(), dyt[o..].as_ptr());
+    for h in 0..plan.h {
+        for q in h * plan.wp..h * plan.wp + plan.w {
+            let mut g = [unsafe { V::zero() }; OV];
+            for (v, g) in g.iter_mut().enumerate() {
+                // SAFETY: `o + OV·N ≤ C_out` within this position's row of `dyt`.
+                *g = unsafe { V::load(dy.add(v * V::N)) };
+            }
+            for (row, &base) in acc.iter_mut().zip(&bases) {
+                // SAFETY: `base + q < xp.len()`, checked in `grad_image`.
+                let xv = unsafe { V::splat(x.add(base + q)) };
+                for (a, &g) in row.iter_mut().zip(&g) {
+                    *a = unsafe { a.mul_add(xv, g) };
+                }
+            }
+            dy = unsafe { dy.add(c_out) };
+        }
+    }
+    for (k, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            // SAFETY: row `r + k < rows`, channels `o + v·N + N ≤ C_out`.
+            unsafe {
+                let at = dwt.as_mut_ptr().add((r + k) * c_out + o + v * V::N);
+                V::load(at).add(*a).store(at);
+            }
+        }
+    }
+}
+
+/// The weight gradient of one image into `dwt` ([`grad_tile`]), with tiles of `OV` vectors of
+/// output channels and `R` rows, on buffers checked to be large enough.
+///
+/// # Safety
+///
+/// The CPU has `V`'s instructions.
+#[inline(always)]
+unsafe fn grad_image<V: Lanes, const OV: usize, const R: usize>(
+    gp: &GradPlan,
+    xp: &[f32],
+    dyt: &[f32],
+    dwt: &mut [f32],
+) {
+    let plan = gp.plan;
+    assert!(gp.rows().is_multiple_of(R) && plan.c_out.is_multiple_of(OV * V::N));
+    // Row `r` reads `base + q` for the positions `q < H · W_p`.
+    assert!(gp.bases.iter().all(|&b| b + plan.h * plan.wp <= xp.len()));
+    assert!(dyt.len() >= plan.h * plan.w * plan.c_out && dwt.len() >= gp.rows() * plan.c_out);
+    for o in (0..plan.c_out).step_by(OV * V::N) {
+        for r in (0..gp.rows()).step_by(R) {
+            unsafe { grad_tile::<V, OV, R>(gp, xp, dyt, (r, o), dwt) };
+        }
+    }
+}
+
+/// Accumulators of a weight-gradient tile: `R · OV` of them, the rest of the registers holding
+/// the `OV` gradient vectors and one broadcast.
+const GRAD_ACC_512: usize = 24;
+const GRAD_ACC_256: usize = 12;
+
+#[target_feature(enable = "avx512f")]
+fn grad_avx512(gp: &GradPlan, xp: &[f32], dyt: &[f32], dwt: &mut [f32]) {
+    // SAFETY: this function only runs where the CPU has AVX-512F.
+    unsafe {
+        match gp.ov {
+            1 => grad_image::<__m512, 1, GRAD_ACC_512>(gp, xp, dyt, dwt),
+            2 => grad_image::<__m512, 2, { GRAD_ACC_512 / 2 }>(gp, xp, dyt, dwt),
+            3 => grad_image::<__m512, 3, { GRAD_ACC_512 / 3 }>(gp, xp, dyt, dwt),
+            _ => grad_image::<__m512, 4, { GRAD_ACC_512 / 4 }>(gp, xp, dyt, dwt),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn grad_avx2(gp: &GradPlan, xp: &[f32], dyt: &[f32], dwt: &mut [f32]) {
+    // SAFETY: this function only runs where the CPU has AVX2 and FMA.
+    unsafe {
+        match gp.ov {
+            1 => grad_image::<__m256, 1, GRAD_ACC_256>(gp, xp, dyt, dwt),
+            _ => grad_image::<__m256, 2, { GRAD_ACC_256 / 2 }>(gp, xp, dyt, dwt),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+fn image_avx512(plan: &Plan, xp: &[f32], packed: &[f32], out: &mut [f32]) {
+    // SAFETY: this function only runs where the CPU has AVX-512F.
+    unsafe { dispatch::<__m512, MO_512>(plan, xp, packed, out) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn image_avx2(plan: &Plan, xp: &[f32], packed: &[f32], out: &mut [f32]) {
+    // SAFETY: this function only runs where the CPU has AVX2 and FMA.
+    unsafe { dispatch::<__m256, MO_256>(plan, xp, packed, out) }
+}
+
+/// A tile for one instruction set: its vector width, its output channels, and the function
+/// computing one image.
+#[derive(Clone, Copy)]
+struct Kernel {
+    lanes: usize,
+    mo: usize,
+    run: fn(&Plan, &[f32], &[f32], &mut [f32]),
+    grad: fn(&GradPlan, &[f32], &[f32], &mut [f32]),
+    /// Accumulator registers of a weight-gradient tile, and its most output-channel vectors.
+    grad_acc: usize,
+    grad_ov: usize,
+}
+
+/// The kernels this CPU can run, widest first.
+fn kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        all.push(Kernel {
+            lanes: 16,
+            mo: MO_512,
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            run: |p, x, w, o| unsafe { image_avx512(p, x, w, o) },
+            // SAFETY: as above.
+            grad: |p, x, dy, dw| unsafe { grad_avx512(p, x, dy, dw) },
+            grad_acc: GRAD_ACC_512,
+            grad_ov: 4,
+        });
+    }
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        all.push(Kernel {
+            lanes: 8,
+            mo: MO_256,
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            run: |p, x, w, o| unsafe { image_avx2(p, x, w, o) },
+            // SAFETY: as above.
+            grad: |p, x, dy, dw| unsafe { grad_avx2(p, x, dy, dw) },
+            grad_acc: GRAD_ACC_256,
+            grad_ov: 2,
+        });
+    }
+    all
+}
+
+/// The convolution of `g` (images `xs`, weights `ws`, optional `bias`) computed directly, or
+/// `None` where the geometry or the CPU does not allow it.
+pub(super) fn convolve(
+    g: &Geometry,
+    xs: &[f32],
+    ws: &[f32],
+    bias: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    convolve_with(*kernels().first()?, g, xs, ws, bias)
+}
+
+fn convolve_with(
+    Kernel { lanes, mo, run, .. }: Kernel,
+    g: &Geometry,
+    xs: &[f32],
+    ws: &[f32],
+    bias: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    let plan = Plan::of(g, lanes, mo)?;
+    let packed = plan.pack(ws);
+    let rows = plan.rows();
+    let (image, output) = (plan.c_in * plan.h * plan.w, plan.c_out * plan.h * plan.w);
+    let (padded, tiles) = (plan.c_in * plan.plane, rows * plan.positions);
+    Some(written(g.batch * output, output, |b, y| {
+        with_scratch(padded + tiles, |scratch| {
+            let (xp, out) = scratch.split_at_mut(padded);
+            plan.pad(g, &xs[b * image..][..image], xp);
+            run(&plan, xp, &packed, out);
+            // Writes all `C_out · H · W` values of `y`.
+            plan.unpad(out, bias, y);
+        });
+    }))
+}
+
+/// `∂L/∂W` of `g` `[C_out, C_in, k_h, k_w]` given the images `xs` and the output gradient `dys`,
+/// computed directly, or `None` where the geometry or the CPU does not allow it. The images are
+/// summed in fixed chunks of [`WEIGHT_GRAD_CHUNK`], then the chunks in order, as on the im2col
+/// path: the result does not depend on the number of threads.
+pub(super) fn weight_grad(g: &Geometry, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
+    let kernel = *kernels().first()?;
+    let plan = Plan::of(g, kernel.lanes, kernel.mo)?;
+    // Measured against the im2col path on ResNet-20's layers at batch 64 (docs/performance.md):
+    // faster on 28×28 planes of 16 channels, even on 14×14, and slower on 7×7 (whose tiles sum
+    // too few positions per reduction of their registers) and on one input channel.
+    let pays = plan.c_in >= 8;
+    pays.then(|| weight_grad_with(kernel, g, xs, dys))?
+}
+
+fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
+    let plan = Plan::of(g, kernel.lanes, kernel.mo)?;
+    let (c_out, taps) = (plan.c_out, plan.taps.len());
+    if !c_out.is_multiple_of(kernel.lanes) {
+        return None;
+    }
+    let vectors = c_out / kernel.lanes;
+    let ov = (1..=kernel.grad_ov.min(vectors))
+        .rev()
+        .find(|&ov| vectors.is_multiple_of(ov))?;
+    let k = plan.c_in * taps;
+    let r_tile = kernel.grad_acc / ov;
+    let bases = (0..k.div_ceil(r_tile) * r_tile)
+        .map(|r| {
+            if r < k {
+                r / taps * plan.plane + plan.taps[r % taps]
+            } else {
+                0
+            }
+        })
+        .collect();
+    let gp = GradPlan {
+        plan: &plan,
+        bases,
+        ov,
+    };
+    let size = gp.rows() * c_out;
+    let (hw, padded) = (plan.h * plan.w, plan.c_in * plan.plane);
+    let (image, grad) = (plan.c_in * hw, c_out * hw);
+    let partials: Vec<Vec<f32>> = xs
+        .par_chunks(image * WEIGHT_GRAD_CHUNK)
+        .zip(dys.par_chunks(grad * WEIGHT_GRAD_CHUNK))
+        .map(|(xc, dyc)| {
+            let mut dwt = vec![0f32; size];
+            with_scratch(padded + grad, |scratch| {
+                let (xp, dyt) = scratch.split_at_mut(padded);
+                for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
+                    plan.pad(g, x, xp);
+                    for (o, plane) in dy.chunks_exact(hw).enumerate() {
+                        for (p, &v) in plane.iter().enumerate() {
+                            dyt[p * c_out + o] = v;
+                        }
+                    }
+                    (kernel.grad)(&gp, xp, dyt, &mut dwt);
+                }
+            });
+            dwt
+        })
+        .collect();
+    let mut dwt = vec![0f32; size];
+    for partial in &partials {
+        dwt.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+    }
+    // `∂Wᵀ [rows, C_out]` back to `[C_out, C_in · taps]`.
+    Some((0..c_out * k).map(|i| dwt[i % k * c_out + i / k]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stride-1 geometry with the output as large as the input.
+    fn same(
+        [batch, c_in, h, w]: [usize; 4],
+        c_out: usize,
+        [kh, kw]: [usize; 2],
+        pad: [usize; 2],
+    ) -> Geometry {
+        Geometry {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            out_h: h,
+            out_w: w,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad,
+        }
+    }
+
+    /// `x[b][c][oh + i − pad][ow + j − pad]`, or `None` in the padding.
+    fn tap_input(
+        g: &Geometry,
+        x: &[f32],
+        (b, c, oh, ow): (usize, usize, usize, usize),
+        r: usize,
+    ) -> Option<f64> {
+        let (_, i, j) = g.tap(r);
+        let ih = (oh + i).checked_sub(g.pad[0]).filter(|&h| h < g.h)?;
+        let iw = (ow + j).checked_sub(g.pad[1]).filter(|&w| w < g.w)?;
+        Some(f64::from(x[((b * g.c_in + c) * g.h + ih) * g.w + iw]))
+    }
+
+    /// Every `(image, output channel, row, column)` of `g`'s output, in its order.
+    fn outputs(g: &Geometry) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        (0..g.batch).flat_map(move |b| {
+            (0..g.c_out).flat_map(move |o| {
+                (0..g.h).flat_map(move |oh| (0..g.w).map(move |ow| (b, o, oh, ow)))
+            })
+        })
+    }
+
+    /// The convolution by its definition, in f64.
+    fn definition(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f64> {
+        outputs(g)
+            .map(|(b, o, oh, ow)| {
+                let taps = (0..g.k()).filter_map(|r| {
+                    let v = tap_input(g, x, (b, g.tap(r).0, oh, ow), r)?;
+                    Some(v * f64::from(w[o * g.k() + r]))
+                });
+                f64::from(bias[o]) + taps.sum::<f64>()
+            })
+            .collect()
+    }
+
+    /// `∂W` by its definition, in f64: `Σ_b Σ_(oh,ow) ∂y[b][o][oh][ow] · x[b][c][oh+i−p][ow+j−p]`.
+    fn weight_definition(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f64> {
+        let mut dw = vec![0f64; g.c_out * g.k()];
+        for (at, (b, o, oh, ow)) in outputs(g).enumerate() {
+            for r in 0..g.k() {
+                if let Some(v) = tap_input(g, x, (b, g.tap(r).0, oh, ow), r) {
+                    dw[o * g.k() + r] += f64::from(dy[at]) * v;
+                }
+            }
+        }
+        dw
+    }
+
+    fn floats(n: usize, seed: u64) -> Vec<f32> {
+        crate::testing::values(n, seed)
+            .iter()
+            .map(|&v| v as f32)
+            .collect()
+    }
+
+    /// The weight gradient of each tile this CPU has against the f64 definition, over batches
+    /// of one chunk of images and of more than one (a partial last chunk), with 1 to 4 vectors
+    /// of output channels per tile and rows that leave the last tile part empty.
+    #[test]
+    fn direct_weight_gradient_matches_the_definition() {
+        let cases = [
+            same([3, 16, 28, 28], 16, [3, 3], [1, 1]),
+            same([2, 64, 7, 7], 64, [3, 3], [1, 1]),
+            same([WEIGHT_GRAD_CHUNK + 3, 5, 9, 11], 48, [3, 3], [1, 1]),
+            same([2, 7, 5, 6], 32, [1, 1], [0, 0]),
+            same([1, 8, 4, 3], 16, [5, 5], [2, 2]),
+            same([2, 3, 6, 5], 32, [2, 3], [1, 0]),
+        ];
+        for kernel in kernels() {
+            for (n, g) in cases.iter().enumerate() {
+                let x = floats(g.batch * g.c_in * g.h * g.w, n as u64);
+                let dy = floats(g.batch * g.c_out * g.h * g.w, 70 + n as u64);
+                let dw = weight_grad_with(kernel, g, &x, &dy)
+                    .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
+                let want = weight_definition(g, &x, &dy);
+                assert_eq!(dw.len(), want.len(), "case {n}");
+                let terms = (g.batch * g.h * g.w) as f64;
+                for (i, (&a, &b)) in dw.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() <= 1e-6 * (1.0 + b.abs()) * terms,
+                        "case {n}, {} lanes: dW[{i}] = {a}, definition {b}",
+                        kernel.lanes
+                    );
+                }
+            }
+        }
+    }
+
+    /// Each tile this CPU has against the f64 definition: ResNet-20's three stages, a channel
+    /// count that leaves the last tile part empty, 1×1, a kernel wider than the image, and
+    /// padding on one side.
+    #[test]
+    fn direct_convolution_matches_the_definition() {
+        let cases = [
+            same([2, 16, 28, 28], 16, [3, 3], [1, 1]),
+            same([1, 32, 14, 14], 32, [3, 3], [1, 1]),
+            same([2, 64, 7, 7], 64, [3, 3], [1, 1]),
+            same([1, 1, 28, 28], 16, [3, 3], [1, 1]),
+            same([2, 16, 28, 28], 1, [3, 3], [1, 1]),
+            same([1, 4, 9, 11], 3, [3, 3], [1, 1]),
+            same([2, 5, 9, 11], 9, [3, 3], [1, 1]),
+            same([1, 7, 5, 6], 12, [1, 1], [0, 0]),
+            same([1, 8, 4, 3], 8, [5, 5], [2, 2]),
+            same([1, 3, 6, 5], 10, [2, 3], [1, 0]),
+        ];
+        let kernels = kernels();
+        if kernels.is_empty() {
+            eprintln!("no AVX2 or AVX-512 on this CPU: nothing to test");
+        }
+        for kernel in kernels {
+            for (n, g) in cases.iter().enumerate() {
+                let x: Vec<f32> = crate::testing::values(g.batch * g.c_in * g.h * g.w, n as u64)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let w: Vec<f32> = crate::testing::values(g.c_out * g.k(), 50 + n as u64)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let bias: Vec<f32> = (0..g.c_out).map(|o| o as f32 / 7.0 - 0.5).collect();
+                let y = convolve_with(kernel, g, &x, &w, Some(&bias))
+                    .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
+                let want = definition(g, &x, &w, &bias);
+                assert_eq!(y.len(), want.len(), "case {n}");
+                for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() <= 1e-6 * (1.0 + b.abs()) * g.k() as f64,
+                        "case {n}, {} lanes: y[{i}] = {a}, definition {b}",
+                        kernel.lanes
+                    );
+                }
+            }
+        }
+    }
+}
