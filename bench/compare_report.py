@@ -18,13 +18,16 @@ DIR/pytorch-passive.json (OMP_WAIT_POLICY=PASSIVE). It prints for each backend:
 6. adp against the other PyTorch reference rows: eager with OMP_WAIT_POLICY=PASSIVE, the
    torch.func/vmap ensemble and torch.compile (with its compile time), and the errors of rows
    that failed;
-7. each thread count on both sides: training and PGD rows, and the speed-up over 1 thread.
+7. each thread count on both sides: training and PGD rows, and the speed-up over 1 thread;
+8. with `--rounds N` (DIR/adp-BACKEND-rR.json and DIR/pytorch-rR.json, R = 2..N): the ratios
+   of 1 and 3 in each round and their median, the figure to quote on a shared machine.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -226,12 +229,49 @@ def threads_table(runs: dict[int, tuple[dict, dict]], peak: dict | None) -> list
     return out + [""]
 
 
+def headline_ratios(adp: dict, ref: dict) -> dict:
+    """adp / PyTorch for each training row (img/s) and PGD row (vs torchattacks.PGD)."""
+    a, t = index(adp), index(ref)
+    ratios = {}
+    for (task, model, k), row in a.items():
+        if task.startswith("train ") and (task, model, k) in t:
+            ratios[(task, model, k)] = row["images_per_s"] / t[(task, model, k)]["images_per_s"]
+        elif task == "attack pgd" and ("attack torchattacks-pgd", model, k) in t:
+            y = t[("attack torchattacks-pgd", model, k)]["gradients_per_s"]
+            ratios[("PGD (vs torchattacks.PGD)", model, k)] = row["gradients_per_s"] / y
+    return ratios
+
+
+def rounds_table(rounds: list[tuple[dict, dict]]) -> list[str]:
+    """The headline ratios of each alternated round, their median and range."""
+    if len(rounds) < 2:
+        return []
+    per_round = [headline_ratios(a, t) for a, t in rounds]
+    out = [f"Ratios over {len(rounds)} alternated rounds (adp, then PyTorch eager, each round)", ""]
+    out += [
+        "| row | model | K | " + " | ".join(f"round {i + 1}" for i in range(len(rounds)))
+        + " | median | target |",
+        "|---|---|---:|" + "---:|" * (len(rounds) + 1) + "---|",
+    ]
+    for key in per_round[0]:
+        values = [r[key] for r in per_round if key in r]
+        if len(values) < len(rounds):
+            continue
+        median = statistics.median(values)
+        cells = " | ".join(f"{v:.2f}x" for v in values)
+        task, model, k = key
+        out.append(
+            f"| {task} | {model} | {k} | {cells} | {median:.2f}x | >= 1.0x {verdict(median >= 1.0)} |"
+        )
+    return out + [""]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.exit("usage: compare_report.py DIR (a bench/compare output directory)")
     d = Path(argv[0])
     ref = load(d / "pytorch.json")
-    runs = sorted(p for p in d.glob("adp-*.json") if not re.search(r"-t\d+$", p.stem))
+    runs = sorted(p for p in d.glob("adp-*.json") if not re.search(r"-[tr]\d+$", p.stem))
     if not runs:
         sys.exit(f"compare_report: no adp-*.json in {d}")
     out = ["## bench/compare", ""]
@@ -268,6 +308,13 @@ def main(argv: list[str]) -> int:
                 per_threads[n] = (load(extra), load(d / f"pytorch-t{n}.json"))
                 out += flops_table(per_threads[n][0], per_threads[n][1], n, peak)
         out += threads_table(per_threads, peak)
+        rounds = [(adp, ref)]
+        for n in range(2, 1000):
+            a, t = d / f"adp-{backend}-r{n}.json", d / f"pytorch-r{n}.json"
+            if not (a.exists() and t.exists()):
+                break
+            rounds.append((load(a), load(t)))
+        out += rounds_table(rounds)
     print("\n".join(out))
     return 0
 
