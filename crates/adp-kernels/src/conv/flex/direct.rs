@@ -580,11 +580,7 @@ fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Op
                 let (xp, dyt) = scratch.split_at_mut(padded);
                 for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
                     plan.pad(g, x, xp);
-                    for (o, plane) in dy.chunks_exact(hw).enumerate() {
-                        for (p, &v) in plane.iter().enumerate() {
-                            dyt[p * c_out + o] = v;
-                        }
-                    }
+                    transpose(dy, hw, dyt);
                     (kernel.grad)(&gp, xp, dyt, &mut dwt);
                 }
             });
@@ -597,6 +593,20 @@ fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Op
     }
     // `∂Wᵀ [rows, C_out]` back to `[C_out, C_in · taps]`.
     Some((0..c_out * k).map(|i| dwt[i % k * c_out + i / k]).collect())
+}
+
+/// `dyt` `[H·W, C_out]` from `dy` `[C_out, H·W]`, in blocks of 16 positions, whose rows of
+/// `dyt` stay in the cache while every channel fills them.
+fn transpose(dy: &[f32], hw: usize, dyt: &mut [f32]) {
+    let c_out = dy.len() / hw;
+    for p0 in (0..hw).step_by(16) {
+        let block = &mut dyt[p0 * c_out..(p0 + 16).min(hw) * c_out];
+        for (o, plane) in dy.chunks_exact(hw).enumerate() {
+            for (row, &v) in block.chunks_exact_mut(c_out).zip(&plane[p0..]) {
+                row[o] = v;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
