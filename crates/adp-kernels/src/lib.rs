@@ -17,6 +17,8 @@ pub mod batch_norm;
 mod buffer;
 pub mod conv;
 pub mod denormals;
+#[cfg(feature = "flex")]
+mod lanes;
 pub mod malloc;
 pub mod pool;
 pub mod testing;

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffer::{with_scratch, written};
+use crate::lanes::lane_sum;
 
 use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
@@ -52,20 +53,6 @@ impl<'a> Planes<'a> {
             .chunks(step)
             .map(move |chunk| &chunk[..plane])
     }
-}
-
-/// `Σ f(x_i, y_i)` over two equally long slices, in 8 f32 lanes.
-fn lane_sum(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut lanes = [0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for i in 0..8 {
-            lanes[i] += f(a[i], b[i]);
-        }
-    }
-    let tail: f32 = xr.iter().zip(yr).map(|(&a, &b)| f(a, b)).sum();
-    lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
 }
 
 /// Per-channel `Σ f(x, y) / count` over all planes.

@@ -1,5 +1,5 @@
 //! The autodiff side of [`FastConv2d`]: one graph node whose backward calls the inner backend's
-//! gradient kernels (burn's own bias gradient: a sum over images and positions).
+//! gradient kernels.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -36,7 +36,7 @@ impl<B: FastConv2d> Backward<B, 3> for ConvOp {
             grads.register::<B>(node.id, dw);
         }
         if let Some(node) = node_bias {
-            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad));
+            grads.register::<B>(node.id, B::fast_conv2d_bias_backward(x, bias, grad));
         }
     }
 }
@@ -89,6 +89,19 @@ impl<B: FastConv2d, C: CheckpointStrategy> FastConv2d for Autodiff<B, C> {
             weight.into_primitive(),
             output_grad.into_primitive(),
             options,
+        ))
+    }
+
+    /// First-order values only (no second derivative through the convolution's gradient).
+    fn fast_conv2d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::fast_conv2d_bias_backward(
+            x.into_primitive(),
+            bias.into_primitive(),
+            output_grad.into_primitive(),
         ))
     }
 

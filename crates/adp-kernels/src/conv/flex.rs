@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffer::{assume_written, with_scratch, written, zeroed};
+use crate::lanes::lane_sum;
 
 use super::FastConv2d;
 
@@ -445,6 +446,32 @@ impl FastConv2d for Flex {
             });
         });
         tensor(dx, [g.batch, g.c_in, g.h, g.w])
+    }
+
+    /// Per output channel, the sum of its `H_out × W_out` planes over the images, image by image,
+    /// in f64 (burn's generic version transposes the whole output gradient first).
+    fn fast_conv2d_bias_backward(
+        x: FlexTensor,
+        bias: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> FlexTensor {
+        let shape = output_grad.layout().shape().to_vec();
+        let fits = output_grad.dtype() == DType::F32
+            && bias.dtype() == DType::F32
+            && shape.len() == 4
+            && shape.iter().all(|&d| d > 0)
+            && bias.layout().shape().to_vec() == [shape[1]];
+        if !fits {
+            return <Flex as ModuleOps<Flex>>::conv2d_bias_backward(x, bias, output_grad);
+        }
+        let dy = output_grad.to_contiguous();
+        let (planes, c_out) = (slice(&dy).chunks_exact(shape[2] * shape[3]), shape[1]);
+        let mut db = vec![0f64; c_out];
+        for (o, plane) in (0..c_out).cycle().zip(planes) {
+            db[o] += lane_sum(plane, plane, |g, _| g);
+        }
+        let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
+        FlexTensor::from_data(TensorData::new(db, [c_out]))
     }
 
     fn fast_conv2d_weight_backward(

@@ -66,6 +66,15 @@ pub trait FastConv2d: Backend {
         Self::conv2d_x_backward(x, weight, output_grad, options)
     }
 
+    /// `∂L/∂bias` given `∂L/∂y`: its sum over images and positions, per output channel.
+    fn fast_conv2d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_bias_backward(x, bias, output_grad)
+    }
+
     /// `∂L/∂W` given `∂L/∂y`.
     fn fast_conv2d_weight_backward(
         x: FloatTensor<Self>,
