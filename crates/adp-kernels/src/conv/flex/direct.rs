@@ -313,7 +313,7 @@ unsafe fn dispatch<V: Lanes, const MO: usize>(
 }
 
 /// The weight gradient's layout: `∂Wᵀ` `[rows, C_out]`, one row per input channel and tap
-/// (`r = c·taps + t`, the weight's own order), rounded up to whole tiles of `r_tile` rows.
+/// (`r = c·taps + t`, the weight's own order), rounded up to whole tiles of rows.
 struct GradPlan<'a> {
     plan: &'a Plan,
     /// Offset in the padded images of each row's input channel and tap, `c·plane + i·W_p + j`
@@ -535,9 +535,10 @@ fn convolve_with(
 pub(super) fn weight_grad(g: &Geometry, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
     let kernel = *kernels().first()?;
     let plan = Plan::of(g, kernel.lanes, kernel.mo)?;
-    // Measured against the im2col path on ResNet-20's layers at batch 64 (docs/performance.md):
-    // faster on 28×28 planes of 16 channels, even on 14×14, and slower on 7×7 (whose tiles sum
-    // too few positions per reduction of their registers) and on one input channel.
+    // Measured against the im2col path on ResNet-20's layers at batch 64 (`conv_timing`,
+    // docs/performance.md): 1.6-1.7× faster on the 16-, 32- and 64-channel layers, 2× slower on
+    // the one-channel first layer, whose 9 rows fill only part of a tile (0.7-0.9 against
+    // 0.3-0.4 ms); its im2col product is small anyway.
     let pays = plan.c_in >= 8;
     pays.then(|| weight_grad_with(kernel, g, xs, dys))?
 }
