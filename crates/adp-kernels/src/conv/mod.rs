@@ -16,11 +16,11 @@
 //! ```
 //!
 //! on `flex`, in parallel over images, and burn's own convolution on every other backend. On
-//! x86-64 CPUs with AVX2 or AVX-512, the stride-1 convolutions whose output is as large as their
-//! input (ResNet-20's 3×3 layers, their input gradients) and their weight gradients skip the
-//! im2col matrix: a direct kernel reads shifted views of one zero-padded copy of each image
-//! (`flex/direct.rs`). The layer stays burn's [`Conv2d`] module, so checkpoints and the PyTorch
-//! interop are unchanged.
+//! x86-64 CPUs with AVX2 or AVX-512, the convolutions and weight gradients of ResNet-20's 3×3
+//! layers (stride 1 and 2) and the input gradients of the stride-1 ones skip the im2col matrix:
+//! a direct kernel reads shifted views of one zero-padded copy of each image (`flex/direct.rs`).
+//! The layer stays burn's [`Conv2d`] module, so checkpoints and the PyTorch interop are
+//! unchanged.
 
 #![cfg_attr(feature = "tch", allow(deprecated))]
 // (burn 0.22 deprecates its LibTorch backend, which the `tch` feature uses.)

@@ -1,15 +1,20 @@
-//! Direct convolution for the stride-1 convolutions whose output is as large as their input (the
-//! 3×3, padding-1 layers that make up most of ResNet-20, and the input gradient of each of them,
-//! which is one: [`Geometry::transposed`]) and their weight gradients, without an im2col matrix.
+//! Direct convolution and weight gradient, without an im2col matrix: ResNet-20's 3×3 layers,
+//! stride 1 and 2, and the input gradient of each stride-1 one, which is a convolution too
+//! ([`Geometry::transposed`]).
 //!
-//! Each image is copied once, with its zero padding, into planes `W_p = W + k_w − 1` wide. Output
-//! position `q = h·W_p + w` of kernel tap `(i, j)` then reads input position `q + i·W_p + j` of the
-//! padded plane, for every `q`: each tap is a shifted view of one buffer, and
+//! Each image is copied once, with its zero padding, into planes `W_p` wide. With stride 1
+//! (`W_p = W + k_w − 1` for a 3×3 layer with padding 1), output position `q = h·W_p + w` of
+//! kernel tap `(i, j)` reads position `q + i·W_p + j` of the padded plane, for every `q`: each
+//! tap is a shifted view of one buffer, and
 //!
 //! ```text
 //! y[o][q]     = Σ_c Σ_(i,j) W[o][c][i][j] · x_p[c][q + i·W_p + j]
 //! ∂W[o][c][i][j] = Σ_image Σ_q ∂y[o][q] · x_p[c][q + i·W_p + j]
 //! ```
+//!
+//! With stride `s`, the padded rows and columns are split into `s × s` phases (row `R` to phase
+//! row `R mod s`, row `R / s`), and each tap is a shifted view of one phase ([`Plan::of`]).
+//! Geometries whose kernel leaves a phase unread (1×1 with stride 2) keep the im2col path.
 //!
 //! **Forward** ([`tile`]): a register tile holds `MO` output channels × `NQ` SIMD vectors of
 //! positions (the `k_w − 1` positions per row past the image are computed and dropped); per input
@@ -42,15 +47,24 @@ const NQ_SINGLE: usize = 4;
 struct Plan {
     c_in: usize,
     c_out: usize,
+    /// Input height and width.
+    in_h: usize,
+    in_w: usize,
+    /// Output height and width.
     h: usize,
     w: usize,
-    /// Width of a padded row.
+    stride: [usize; 2],
+    /// Padded input rows and columns that the kernel reaches.
+    reached: [usize; 2],
+    /// Width of a row of a phase plane, and of the output grid.
     wp: usize,
-    /// Values per padded input plane (the padded image, and room for the last tile's reads).
+    /// Values per phase plane (its rows, and room for the last tile's reads).
+    phase: usize,
+    /// Values per input channel: `stride[0] · stride[1]` phase planes.
     plane: usize,
-    /// Output positions computed per image, `H · W_p` rounded up to whole tiles.
+    /// Output positions computed per image, `H_out · W_p` rounded up to whole tiles.
     positions: usize,
-    /// Offset of each kernel tap in a padded plane, `i·W_p + j`, in the weight's order.
+    /// Offset of each kernel tap in a channel's phase planes, in the weight's order.
     taps: Vec<usize>,
     /// Output channels per tile: the instruction set's, or 1 for fewer than half of them.
     mo: usize,
@@ -59,17 +73,28 @@ struct Plan {
 }
 
 impl Plan {
-    /// The plan of `g` for `lanes`-wide vectors and tiles of `mo` output channels, or `None`
-    /// where it is not a stride-1 convolution with dilation 1 and the output as large as the
-    /// input.
+    /// The plan of `g` for `lanes`-wide vectors and tiles of `mo` output channels.
+    ///
+    /// Padded input row `R` goes to phase row `R mod s_h`, row `R / s_h` (and the columns
+    /// alike), so that output position `q = h·W_p + w` of tap `(i, j)` reads position
+    /// `q + (i·d_h / s_h)·W_p + j·d_w / s_w` of phase `(i·d_h mod s_h, j·d_w mod s_w)`: one
+    /// shifted view per tap, whatever the stride. With stride 1 there is one phase, the padded
+    /// image itself. `None` where some phase is never read (a 1×1 kernel with stride 2): the
+    /// copy would then cost more than the im2col path's gather (measured 2.7-3.9× slower).
     fn of(g: &Geometry, lanes: usize, mo: usize) -> Option<Self> {
-        let same = g.stride == [1, 1] && g.dilation == [1, 1] && g.out_h == g.h && g.out_w == g.w;
-        if !same {
+        let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+        let phases = |k: usize, d: usize, s: usize| (0..k).map(|i| i * d % s).collect::<Vec<_>>();
+        let every_phase = |k, d, s| (0..s).all(|p| phases(k, d, s).contains(&p));
+        if !every_phase(g.kh, dh, sh) || !every_phase(g.kw, dw, sw) {
             return None;
         }
+        let reached = [
+            (g.out_h - 1) * sh + dh * (g.kh - 1) + 1,
+            (g.out_w - 1) * sw + dw * (g.kw - 1) + 1,
+        ];
+        let (rows, wp) = (reached[0].div_ceil(sh), reached[1].div_ceil(sw));
         let mo = if g.c_out >= mo / 2 { mo } else { 1 };
-        let wp = g.w + g.kw - 1;
-        let vectors = (g.h * wp).div_ceil(lanes);
+        let vectors = (g.out_h * wp).div_ceil(lanes);
         // Cycles per tile and tap, on two load and two FMA ports: the larger of the loads
         // (`nq` vectors and `mo` broadcasts) and the products (`mo · nq`).
         let cost = |nq: usize| vectors.div_ceil(nq) * (nq + mo).max(mo * nq);
@@ -79,17 +104,24 @@ impl Plan {
             (1..=3).rev().min_by_key(|&nq| cost(nq))?
         };
         let positions = vectors.div_ceil(nq) * nq * lanes;
-        let reach = (g.kh - 1) * wp + g.kw - 1;
+        let shift = |i: usize, j: usize| (i * dh / sh) * wp + j * dw / sw;
+        let phase = (rows * wp).max(positions + shift(g.kh - 1, g.kw - 1));
         let taps = (0..g.kh)
-            .flat_map(|i| (0..g.kw).map(move |j| i * wp + j))
+            .flat_map(|i| (0..g.kw).map(move |j| (i, j)))
+            .map(|(i, j)| ((i * dh % sh) * sw + j * dw % sw) * phase + shift(i, j))
             .collect();
         Some(Self {
             c_in: g.c_in,
             c_out: g.c_out,
-            h: g.h,
-            w: g.w,
+            in_h: g.h,
+            in_w: g.w,
+            h: g.out_h,
+            w: g.out_w,
+            stride: g.stride,
+            reached,
             wp,
-            plane: ((g.h + g.kh - 1) * wp).max(positions + reach),
+            phase,
+            plane: sh * sw * phase,
             positions,
             taps,
             mo,
@@ -97,14 +129,31 @@ impl Plan {
         })
     }
 
-    /// Copies one image `[C_in, H, W]` into `xp` `[C_in, plane]`, zero outside the image.
+    /// Copies one image `[C_in, H, W]` into `xp` `[C_in, plane]`, its padded rows and columns
+    /// split into the stride's phases, zero outside the image.
     fn pad(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
         xp.fill(0.0);
-        let (hw, top, left) = (self.h * self.w, g.pad[0], g.pad[1]);
-        for (src, dst) in x.chunks_exact(hw).zip(xp.chunks_exact_mut(self.plane)) {
-            for (row, line) in src.chunks_exact(self.w).enumerate() {
-                let at = (row + top) * self.wp + left;
-                dst[at..at + self.w].copy_from_slice(line);
+        let ([sh, sw], [top, left]) = (self.stride, g.pad);
+        // Input columns the kernel reaches, from the first.
+        let cols = self.reached[1].saturating_sub(left).min(self.in_w);
+        for (src, dst) in x
+            .chunks_exact(self.in_h * self.in_w)
+            .zip(xp.chunks_exact_mut(self.plane))
+        {
+            for (row, line) in src.chunks_exact(self.in_w).enumerate() {
+                let r = row + top;
+                if r >= self.reached[0] {
+                    break;
+                }
+                let at = (r % sh) * sw * self.phase + (r / sh) * self.wp;
+                if sw == 1 {
+                    dst[at + left..][..cols].copy_from_slice(&line[..cols]);
+                    continue;
+                }
+                for (col, &v) in line[..cols].iter().enumerate() {
+                    let c = col + left;
+                    dst[at + (c % sw) * self.phase + c / sw] = v;
+                }
             }
         }
     }
@@ -130,8 +179,8 @@ impl Plan {
         packed
     }
 
-    /// Writes `y` `[C_out, H, W]` from the tiles' output `out` `[C_out rounded up, positions]`,
-    /// dropping the padding columns and adding `bias`.
+    /// Writes `y` `[C_out, H_out, W_out]` from the tiles' output `out` `[C_out rounded up,
+    /// positions]`, dropping the positions past each row and adding `bias`.
     fn unpad(&self, out: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
         let hw = self.h * self.w;
         for (o, (rows, dst)) in out
@@ -515,7 +564,8 @@ fn convolve_with(
     let plan = Plan::of(g, lanes, mo)?;
     let packed = plan.pack(ws);
     let rows = plan.rows();
-    let (image, output) = (plan.c_in * plan.h * plan.w, plan.c_out * plan.h * plan.w);
+    let image = plan.c_in * plan.in_h * plan.in_w;
+    let output = plan.c_out * plan.h * plan.w;
     let (padded, tiles) = (plan.c_in * plan.plane, rows * plan.positions);
     Some(written(g.batch * output, output, |b, y| {
         with_scratch(padded + tiles, |scratch| {
@@ -571,7 +621,7 @@ fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Op
     };
     let size = gp.rows() * c_out;
     let (hw, padded) = (plan.h * plan.w, plan.c_in * plan.plane);
-    let (image, grad) = (plan.c_in * hw, c_out * hw);
+    let (image, grad) = (plan.c_in * plan.in_h * plan.in_w, c_out * hw);
     let partials: Vec<Vec<f32>> = xs
         .par_chunks(image * WEIGHT_GRAD_CHUNK)
         .zip(dys.par_chunks(grad * WEIGHT_GRAD_CHUNK))
@@ -615,12 +665,28 @@ mod tests {
     use super::*;
 
     /// A stride-1 geometry with the output as large as the input.
-    fn same(
+    fn same(x: [usize; 4], c_out: usize, k: [usize; 2], pad: [usize; 2]) -> Geometry {
+        let after = [k[0] - 1 - pad[0], k[1] - 1 - pad[1]];
+        strided(
+            x,
+            c_out,
+            k,
+            [1, 1],
+            [1, 1],
+            [pad[0], pad[1], after[0], after[1]],
+        )
+    }
+
+    /// Any geometry: padding `[top, left, bottom, right]`.
+    fn strided(
         [batch, c_in, h, w]: [usize; 4],
         c_out: usize,
         [kh, kw]: [usize; 2],
-        pad: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        [top, left, bottom, right]: [usize; 4],
     ) -> Geometry {
+        let span = |size: usize, k: usize, s: usize, d: usize| (size - d * (k - 1) - 1) / s + 1;
         Geometry {
             batch,
             c_in,
@@ -629,15 +695,15 @@ mod tests {
             c_out,
             kh,
             kw,
-            out_h: h,
-            out_w: w,
-            stride: [1, 1],
-            dilation: [1, 1],
-            pad,
+            out_h: span(h + top + bottom, kh, stride[0], dilation[0]),
+            out_w: span(w + left + right, kw, stride[1], dilation[1]),
+            stride,
+            dilation,
+            pad: [top, left],
         }
     }
 
-    /// `x[b][c][oh + i − pad][ow + j − pad]`, or `None` in the padding.
+    /// `x[b][c][oh·s + i·d − pad][ow·s + j·d − pad]`, or `None` in the padding.
     fn tap_input(
         g: &Geometry,
         x: &[f32],
@@ -645,8 +711,12 @@ mod tests {
         r: usize,
     ) -> Option<f64> {
         let (_, i, j) = g.tap(r);
-        let ih = (oh + i).checked_sub(g.pad[0]).filter(|&h| h < g.h)?;
-        let iw = (ow + j).checked_sub(g.pad[1]).filter(|&w| w < g.w)?;
+        let (ih, iw) = (
+            oh * g.stride[0] + i * g.dilation[0],
+            ow * g.stride[1] + j * g.dilation[1],
+        );
+        let ih = ih.checked_sub(g.pad[0]).filter(|&h| h < g.h)?;
+        let iw = iw.checked_sub(g.pad[1]).filter(|&w| w < g.w)?;
         Some(f64::from(x[((b * g.c_in + c) * g.h + ih) * g.w + iw]))
     }
 
@@ -654,7 +724,7 @@ mod tests {
     fn outputs(g: &Geometry) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
         (0..g.batch).flat_map(move |b| {
             (0..g.c_out).flat_map(move |o| {
-                (0..g.h).flat_map(move |oh| (0..g.w).map(move |ow| (b, o, oh, ow)))
+                (0..g.out_h).flat_map(move |oh| (0..g.out_w).map(move |ow| (b, o, oh, ow)))
             })
         })
     }
@@ -685,6 +755,20 @@ mod tests {
         dw
     }
 
+    /// A stride whose phases the kernel does not all read (1×1 with stride 2, or dilation 2
+    /// with stride 2) keeps the im2col path.
+    #[test]
+    fn geometries_that_skip_a_phase_keep_the_im2col_path() {
+        for g in [
+            strided([1, 16, 14, 14], 32, [1, 1], [2, 2], [1, 1], [0, 0, 0, 0]),
+            strided([1, 8, 10, 9], 16, [3, 3], [2, 1], [2, 1], [2, 1, 2, 1]),
+        ] {
+            assert!(Plan::of(&g, 16, MO_512).is_none());
+        }
+        let g = strided([1, 16, 14, 14], 32, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]);
+        assert!(Plan::of(&g, 16, MO_512).is_some());
+    }
+
     fn floats(n: usize, seed: u64) -> Vec<f32> {
         crate::testing::values(n, seed)
             .iter()
@@ -704,11 +788,13 @@ mod tests {
             same([2, 7, 5, 6], 32, [1, 1], [0, 0]),
             same([1, 8, 4, 3], 16, [5, 5], [2, 2]),
             same([2, 3, 6, 5], 32, [2, 3], [1, 0]),
+            strided([2, 16, 28, 28], 32, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            strided([1, 8, 10, 9], 32, [3, 3], [2, 3], [1, 2], [2, 0, 1, 3]),
         ];
         for kernel in kernels() {
             for (n, g) in cases.iter().enumerate() {
                 let x = floats(g.batch * g.c_in * g.h * g.w, n as u64);
-                let dy = floats(g.batch * g.c_out * g.h * g.w, 70 + n as u64);
+                let dy = floats(g.batch * g.c_out * g.out_h * g.out_w, 70 + n as u64);
                 let dw = weight_grad_with(kernel, g, &x, &dy)
                     .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
                 let want = weight_definition(g, &x, &dy);
@@ -741,6 +827,11 @@ mod tests {
             same([1, 7, 5, 6], 12, [1, 1], [0, 0]),
             same([1, 8, 4, 3], 8, [5, 5], [2, 2]),
             same([1, 3, 6, 5], 10, [2, 3], [1, 0]),
+            strided([2, 16, 28, 28], 32, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            strided([1, 5, 9, 11], 10, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            strided([1, 6, 10, 9], 9, [3, 3], [2, 3], [1, 2], [2, 0, 1, 3]),
+            strided([1, 4, 7, 8], 8, [3, 3], [1, 1], [2, 2], [2, 2, 2, 2]),
+            strided([1, 2, 3, 4], 8, [3, 3], [3, 2], [1, 1], [4, 3, 4, 3]),
         ];
         let kernels = kernels();
         if kernels.is_empty() {
