@@ -54,6 +54,8 @@ struct Plan {
     h: usize,
     w: usize,
     stride: [usize; 2],
+    /// Padding before the first row and column.
+    pad: [usize; 2],
     /// Padded input rows and columns that the kernel reaches.
     reached: [usize; 2],
     /// Width of a row of a phase plane, and of the output grid.
@@ -83,8 +85,8 @@ impl Plan {
     /// copy would then cost more than the im2col path's gather (measured 2.7-3.9× slower).
     fn of(g: &Geometry, lanes: usize, mo: usize) -> Option<Self> {
         let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
-        let phases = |k: usize, d: usize, s: usize| (0..k).map(|i| i * d % s).collect::<Vec<_>>();
-        let every_phase = |k, d, s| (0..s).all(|p| phases(k, d, s).contains(&p));
+        let every_phase =
+            |k: usize, d: usize, s: usize| (0..s).all(|p| (0..k).any(|i| i * d % s == p));
         if !every_phase(g.kh, dh, sh) || !every_phase(g.kw, dw, sw) {
             return None;
         }
@@ -118,6 +120,7 @@ impl Plan {
             h: g.out_h,
             w: g.out_w,
             stride: g.stride,
+            pad: g.pad,
             reached,
             wp,
             phase,
@@ -131,9 +134,9 @@ impl Plan {
 
     /// Copies one image `[C_in, H, W]` into `xp` `[C_in, plane]`, its padded rows and columns
     /// split into the stride's phases, zero outside the image.
-    fn pad(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
+    fn pad(&self, x: &[f32], xp: &mut [f32]) {
         xp.fill(0.0);
-        let ([sh, sw], [top, left]) = (self.stride, g.pad);
+        let ([sh, sw], [top, left]) = (self.stride, self.pad);
         // Input columns the kernel reaches, from the first.
         let cols = self.reached[1].saturating_sub(left).min(self.in_w);
         for (src, dst) in x
@@ -551,31 +554,33 @@ pub(super) fn convolve(
     ws: &[f32],
     bias: Option<&[f32]>,
 ) -> Option<Vec<f32>> {
-    convolve_with(*kernels().first()?, g, xs, ws, bias)
+    let kernel = *kernels().first()?;
+    let plan = Plan::of(g, kernel.lanes, kernel.mo)?;
+    Some(convolve_with(kernel, &plan, xs, ws, bias))
 }
 
+/// [`convolve`] with `kernel`, on `plan` (made for its lanes and tile channels).
 fn convolve_with(
-    Kernel { lanes, mo, run, .. }: Kernel,
-    g: &Geometry,
+    kernel: Kernel,
+    plan: &Plan,
     xs: &[f32],
     ws: &[f32],
     bias: Option<&[f32]>,
-) -> Option<Vec<f32>> {
-    let plan = Plan::of(g, lanes, mo)?;
+) -> Vec<f32> {
     let packed = plan.pack(ws);
     let rows = plan.rows();
     let image = plan.c_in * plan.in_h * plan.in_w;
     let output = plan.c_out * plan.h * plan.w;
     let (padded, tiles) = (plan.c_in * plan.plane, rows * plan.positions);
-    Some(written(g.batch * output, output, |b, y| {
+    written(xs.len() / image * output, output, |b, y| {
         with_scratch(padded + tiles, |scratch| {
             let (xp, out) = scratch.split_at_mut(padded);
-            plan.pad(g, &xs[b * image..][..image], xp);
-            run(&plan, xp, &packed, out);
+            plan.pad(&xs[b * image..][..image], xp);
+            (kernel.run)(plan, xp, &packed, out);
             // Writes all `C_out · H · W` values of `y`.
             plan.unpad(out, bias, y);
         });
-    }))
+    })
 }
 
 /// `∂L/∂W` of `g` `[C_out, C_in, k_h, k_w]` given the images `xs` and the output gradient `dys`,
@@ -590,11 +595,11 @@ pub(super) fn weight_grad(g: &Geometry, xs: &[f32], dys: &[f32]) -> Option<Vec<f
     // the one-channel first layer, whose 9 rows fill only part of a tile (0.7-0.9 against
     // 0.3-0.4 ms); its im2col product is small anyway.
     let pays = plan.c_in >= 8;
-    pays.then(|| weight_grad_with(kernel, g, xs, dys))?
+    pays.then(|| weight_grad_with(kernel, &plan, xs, dys))?
 }
 
-fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
-    let plan = Plan::of(g, kernel.lanes, kernel.mo)?;
+/// [`weight_grad`] with `kernel`, on `plan`, or `None` where its tiles do not fit `C_out`.
+fn weight_grad_with(kernel: Kernel, plan: &Plan, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
     let (c_out, taps) = (plan.c_out, plan.taps.len());
     if !c_out.is_multiple_of(kernel.lanes) {
         return None;
@@ -614,11 +619,7 @@ fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Op
             }
         })
         .collect();
-    let gp = GradPlan {
-        plan: &plan,
-        bases,
-        ov,
-    };
+    let gp = GradPlan { plan, bases, ov };
     let size = gp.rows() * c_out;
     let (hw, padded) = (plan.h * plan.w, plan.c_in * plan.plane);
     let (image, grad) = (plan.c_in * plan.in_h * plan.in_w, c_out * hw);
@@ -630,7 +631,7 @@ fn weight_grad_with(kernel: Kernel, g: &Geometry, xs: &[f32], dys: &[f32]) -> Op
             with_scratch(padded + grad, |scratch| {
                 let (xp, dyt) = scratch.split_at_mut(padded);
                 for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
-                    plan.pad(g, x, xp);
+                    plan.pad(x, xp);
                     transpose(dy, hw, dyt);
                     (kernel.grad)(&gp, xp, dyt, &mut dwt);
                 }
@@ -795,7 +796,9 @@ mod tests {
             for (n, g) in cases.iter().enumerate() {
                 let x = floats(g.batch * g.c_in * g.h * g.w, n as u64);
                 let dy = floats(g.batch * g.c_out * g.out_h * g.out_w, 70 + n as u64);
-                let dw = weight_grad_with(kernel, g, &x, &dy)
+                let plan = Plan::of(g, kernel.lanes, kernel.mo)
+                    .unwrap_or_else(|| panic!("case {n}: no plan"));
+                let dw = weight_grad_with(kernel, &plan, &x, &dy)
                     .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
                 let want = weight_definition(g, &x, &dy);
                 assert_eq!(dw.len(), want.len(), "case {n}");
@@ -848,8 +851,9 @@ mod tests {
                     .map(|&v| v as f32)
                     .collect();
                 let bias: Vec<f32> = (0..g.c_out).map(|o| o as f32 / 7.0 - 0.5).collect();
-                let y = convolve_with(kernel, g, &x, &w, Some(&bias))
+                let plan = Plan::of(g, kernel.lanes, kernel.mo)
                     .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
+                let y = convolve_with(kernel, &plan, &x, &w, Some(&bias));
                 let want = definition(g, &x, &w, &bias);
                 assert_eq!(y.len(), want.len(), "case {n}");
                 for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
