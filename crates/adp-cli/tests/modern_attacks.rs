@@ -63,6 +63,7 @@ fn evaluate(spec: &AttackSpec, targeted: bool) -> RobustResult {
         targeted,
         EXAMPLES,
         0,
+        None,
         &adp::device::cpu(),
     )
     .unwrap()

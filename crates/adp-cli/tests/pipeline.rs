@@ -182,6 +182,7 @@ fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
         false,
         100,
         0,
+        None,
         &device,
     )
     .unwrap();
@@ -192,6 +193,7 @@ fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
         false,
         100,
         0,
+        None,
         &device,
     )
     .unwrap();
@@ -238,6 +240,7 @@ fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
         true,
         100,
         5,
+        None,
         &device,
     )
     .unwrap();

@@ -498,3 +498,111 @@ fn shards_cover_every_batch_once() {
         );
     }
 }
+
+/// AutoAttack on one batch, cut short enough for a test (its stages all draw random numbers).
+fn autoattack_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["eval", run.to_str().unwrap()];
+    a.extend([
+        "--attack",
+        "autoattack",
+        "--eps",
+        "0.05",
+        "--steps",
+        "10",
+        "--queries",
+        "500",
+        "--limit",
+        "60",
+        "--batch-size",
+        "60",
+        "--no-indicators",
+    ]);
+    a.extend(extra);
+    a
+}
+
+fn partial_without_timings(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(Shard::WHOLE.path(run)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for run in v["attacks"][0]["runs"].as_array_mut().unwrap() {
+        run.as_object_mut().unwrap().remove("seconds");
+    }
+    v
+}
+
+/// A shard killed (SIGKILL) in the middle of AutoAttack keeps the stages it finished; run again,
+/// it takes them instead of running them, and its result equals that of an uninterrupted run.
+#[test]
+fn a_killed_cascade_resumes_after_its_finished_stages() {
+    let run = run_copy("cascade-resume");
+    let progress = Shard::WHOLE.dir(&run).join("progress");
+    let args = autoattack_args(&run, &["--shard", "0/1"]);
+    adp_ok(&args);
+    let whole = partial_without_timings(&run);
+    assert!(
+        !progress.exists(),
+        "the kept stages are removed once the result is saved"
+    );
+    let verdicts = whole["attacks"][0]["runs"][0]["verdicts"].as_str().unwrap();
+    assert!(
+        verdicts.contains('0') && verdicts.contains('r'),
+        "{verdicts}"
+    );
+    std::fs::remove_dir_all(Shard::WHOLE.dir(&run)).unwrap();
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_adp"))
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first_stage = loop {
+        let kept = std::fs::read_dir(&progress).ok().and_then(|mut d| d.next());
+        if let Some(dir) = kept {
+            let file = dir.unwrap().path().join("stage-0.safetensors");
+            if file.exists() {
+                break file;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the shard finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!Shard::WHOLE.path(&run).exists());
+    let key_file = first_stage.with_file_name("key.json");
+    let (key, kept) = (
+        std::fs::read(&key_file).unwrap(),
+        std::fs::read(&first_stage).unwrap(),
+    );
+
+    let o = adp_ok(&args);
+    let err = common::stderr(&o);
+    assert!(err.contains("resuming after the"), "{err}");
+    assert_eq!(partial_without_timings(&run), whole);
+    assert!(!progress.exists());
+
+    // A damaged kept stage stops the shard with one error naming the file.
+    std::fs::remove_dir_all(Shard::WHOLE.dir(&run)).unwrap();
+    std::fs::create_dir_all(first_stage.parent().unwrap()).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&first_stage, &kept[..kept.len() / 2]).unwrap();
+    let o = adp(&args);
+    assert_one_error(
+        &o,
+        "is not a kept cascade stage; remove it",
+        "a damaged stage",
+    );
+    assert_one_error(&o, "stage-0.safetensors", "a damaged stage");
+}
+
+/// `adp eval` without shards keeps its cascades' stages in the run until eval.json is written.
+#[test]
+fn an_unsharded_evaluation_leaves_no_kept_stages() {
+    let run = run_copy("cascade-unsharded");
+    adp_ok(&autoattack_args(&run, &[]));
+    assert!(run.join("eval.json").exists());
+    assert!(!run.join(adp::eval::resume::RESUME_DIR).exists());
+}

@@ -10,6 +10,8 @@ use adp::attack::AttackSpec;
 use adp::eval::indicators::{
     Failure, IndicatorSettings, Indicators, indicator_budgets, indicators, reported_accuracy,
 };
+use adp::eval::resume::{RESUME_DIR, Resume};
+use adp::eval::shard::weights_sha256;
 use adp::eval::store::{self, ResultKey};
 use adp::eval::{EvalReport, clean, robust};
 
@@ -63,6 +65,12 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
     // eval.json and eval.csv are written into the run: hold it until they are.
     let _lock = adp::lock::RunLock::acquire(&a.run, "eval")?;
     let on = &a.on;
+    // Finished cascade stages, kept until the report is saved: a killed `adp eval` run again
+    // resumes in the middle of AutoAttack.
+    let resume = Resume {
+        dir: a.run.join(RESUME_DIR),
+        weights_sha256: weights_sha256(&a.run)?,
+    };
     let mut report = EvalReport {
         label: config.label(),
         clean: clean(&model, &test, on.batch_size, &device),
@@ -82,6 +90,7 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
                 a.targeted,
                 on.batch_size,
                 seed,
+                Some(&resume),
                 &device,
             )
         };
@@ -148,6 +157,7 @@ pub fn run_eval(a: EvalArgs, m: &ArgMatches) -> Result<()> {
             a.run.join("eval.json").display()
         )
     })?;
+    resume.clear()?;
     if a.seeds == 1 {
         // Kept for `adp reproduce`, which reuses a result where it asks for the same measurement.
         let keys =

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use clap::ArgMatches;
 
+use adp::eval::resume::Resume;
 use adp::eval::shard::{
     EvalKey, EvalSettings, Shard, dataset_sha256, evaluate_shard, load_partials, merge,
     save_partial, weights_sha256,
 };
+use adp::lock::RunLock;
 
 /// Combine the partial results of `adp eval RUN --shard i/n` (all n of them) into RUN/eval.json
 /// and eval.csv, equal to an unsharded `adp eval` with the same options.
@@ -48,9 +50,25 @@ pub fn run_eval_shard(a: super::eval::EvalArgs, m: &ArgMatches, shard: Shard) ->
         },
     };
     let surrogate = surrogate.as_ref().map(|(model, _)| model);
-    let part = evaluate_shard(&loaded.model, surrogate, &loaded.test, key, shard, &device)
-        .with_context(|| format!("shard {shard} of {}", a.run.display()))?;
+    // The shard is this process's while it runs: its cascades keep their finished stages in
+    // the shard's directory, so that a killed shard run again resumes where it was.
+    let _lock = RunLock::acquire(&shard.dir(&a.run), "eval --shard")?;
+    let resume = Resume {
+        dir: shard.dir(&a.run).join("progress"),
+        weights_sha256: key.weights_sha256.clone(),
+    };
+    let part = evaluate_shard(
+        &loaded.model,
+        surrogate,
+        &loaded.test,
+        key,
+        shard,
+        Some(&resume),
+        &device,
+    )
+    .with_context(|| format!("shard {shard} of {}", a.run.display()))?;
     let path = save_partial(&a.run, &part)?;
+    resume.clear()?;
     println!(
         "shard {shard}: test examples {}..{} ({}), clean errors of the ensemble {}; written to {}",
         part.examples.start,

@@ -19,7 +19,7 @@
 //! An example's result is its last iterate that met the goal, or its best-loss point x_max.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::TensorData;
 
 use super::{
     Attack, AttackOutput, Classifier, Criterion, Goal, LinfBudget, Objective, restarted_ascent,
@@ -74,7 +74,7 @@ impl Apgd {
 
         let mut x = if self.random_start {
             // x + ε·t/‖t‖∞ with t uniform in [−1, 1]ⁿ, as the reference code draws it.
-            let t = Tensor::<4>::random(x0.shape(), Distribution::Uniform(-1.0, 1.0), &device);
+            let t = super::draws::uniform(x0.dims(), -1.0, 1.0, &device);
             let scale = t
                 .clone()
                 .abs()
@@ -194,6 +194,7 @@ impl Attack for Apgd {
 mod tests {
     use super::*;
     use crate::attack::tests::{Linear, assert_in_budget};
+    use burn::tensor::Distribution;
 
     #[test]
     fn checkpoints_follow_the_papers_recursion() {

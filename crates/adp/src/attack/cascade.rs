@@ -9,12 +9,16 @@
 //! [`Cascade::apgd`] is the earlier two-stage cascade of APGD-CE then APGD-DLR (the attacks of
 //! AutoAttack's "rand"/custom versions).
 
+use anyhow::{Result, ensure};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 
+use super::draws::{self, Draw};
 use super::{
     Apgd, ApgdT, Attack, AttackOutput, Classifier, FabT, Goal, Objective, Square, place_rows,
     row_indices,
 };
+use crate::tensor::floats;
 
 /// Attacks run one after another on the examples still standing.
 pub struct Cascade {
@@ -80,8 +84,25 @@ impl Cascade {
         images: Tensor<4>,
         goal: &Goal,
     ) -> CascadeReport {
+        match self.resume(model, images, goal, None) {
+            Ok(report) => report,
+            Err(_) => unreachable!("only a stage store fails, and none is given"),
+        }
+    }
+
+    /// [`run_report`](Self::run_report), keeping each finished stage in `store` and taking the
+    /// stages already kept there from it instead of running them. A kept stage's random draws
+    /// are replayed ([`draws::replay`]), so the stages after it draw what they would have drawn
+    /// in one uninterrupted run, and the report is the same example for example.
+    pub fn resume(
+        &self,
+        model: &dyn Classifier,
+        images: Tensor<4>,
+        goal: &Goal,
+        store: Option<&dyn StageStore>,
+    ) -> Result<CascadeReport> {
         let x0 = images.detach().without_autodiff();
-        let n = x0.dims()[0];
+        let [n, c, h, w] = x0.dims();
         let device = x0.device();
         let clean = goal.achieved(model.log_probs(x0.clone()).detach().without_autodiff());
         let mut verdicts: Vec<Verdict> = clean
@@ -95,19 +116,68 @@ impl Cascade {
                 break;
             }
             let idx = row_indices(&open, &device);
-            let out = attack.run(model, x0.clone().select(0, idx.clone()), &goal.select(idx));
+            let record = match store.map(|st| st.load(s)).transpose()?.flatten() {
+                Some(kept) => {
+                    ensure!(
+                        kept.success.len() == open.len()
+                            && kept.adversarial.len() == open.len() * c * h * w,
+                        "the kept stage {s} ({}) attacked {} examples, but {} are left for it: \
+                         the kept stages are of another evaluation; remove them",
+                        attack.name(),
+                        kept.success.len(),
+                        open.len()
+                    );
+                    draws::replay(&kept.draws, &device)?;
+                    kept
+                }
+                None => {
+                    let (out, draws) = draws::recorded(|| {
+                        attack.run(model, x0.clone().select(0, idx.clone()), &goal.select(idx))
+                    });
+                    let record = StageRecord {
+                        success: out.success,
+                        adversarial: floats(out.adversarial),
+                        draws,
+                    };
+                    if let Some(st) = store {
+                        st.save(s, &record)?;
+                    }
+                    record
+                }
+            };
             for (j, &i) in open.iter().enumerate() {
-                if out.success[j] {
+                if record.success[j] {
                     verdicts[i] = Verdict::BrokenBy(s);
                 }
             }
-            adversarial = place_rows(adversarial, &open, out.adversarial);
+            let rows = TensorData::new(record.adversarial, [open.len(), c, h, w]);
+            adversarial = place_rows(adversarial, &open, Tensor::from_data(rows, &device));
         }
-        CascadeReport {
+        Ok(CascadeReport {
             output: AttackOutput::judge(model, goal, &x0, adversarial),
             verdicts,
-        }
+        })
     }
+}
+
+/// What one stage of a cascade produced on the examples it attacked (those no earlier stage
+/// broke): enough to skip the stage when the cascade runs again on the same batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRecord {
+    /// Whether the stage met the goal, per attacked example.
+    pub success: Vec<bool>,
+    /// The stage's adversarial examples for the attacked examples, `[n, C, H, W]` flattened.
+    pub adversarial: Vec<f32>,
+    /// The random draws the stage made, in order.
+    pub draws: Vec<Draw>,
+}
+
+/// Where a cascade running on one batch keeps its finished stages ([`Cascade::resume`]).
+pub trait StageStore {
+    /// The record of stage `stage` (0-based), if one was kept.
+    fn load(&self, stage: usize) -> Result<Option<StageRecord>>;
+    /// Keeps the record of stage `stage`.
+    fn save(&self, stage: usize, record: &StageRecord) -> Result<()>;
 }
 
 impl Attack for Cascade {
@@ -132,13 +202,24 @@ impl Attack for Cascade {
         let report = self.run_report(model, images, goal);
         (report.output, Some(report.verdicts))
     }
+
+    fn run_resumable(
+        &self,
+        model: &dyn Classifier,
+        images: Tensor<4>,
+        goal: &Goal,
+        stages: &dyn StageStore,
+    ) -> Result<(AttackOutput, Option<Vec<Verdict>>)> {
+        let report = self.resume(model, images, goal, Some(stages))?;
+        Ok((report.output, Some(report.verdicts)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::attack::tests::{Linear, assert_in_budget};
-    use crate::attack::{Fgsm, Pgd};
+    use crate::attack::{Fgsm, Pgd, Square};
     use burn::tensor::Distribution;
 
     #[test]
@@ -175,5 +256,105 @@ mod tests {
                 "example {i}"
             );
         }
+    }
+
+    /// Keeps stage records in memory and counts what it handed out.
+    #[derive(Default)]
+    struct Memory {
+        kept: std::cell::RefCell<std::collections::BTreeMap<usize, StageRecord>>,
+        loaded: std::cell::Cell<usize>,
+    }
+
+    impl StageStore for Memory {
+        fn load(&self, stage: usize) -> Result<Option<StageRecord>> {
+            let record = self.kept.borrow().get(&stage).cloned();
+            self.loaded
+                .set(self.loaded.get() + record.is_some() as usize);
+            Ok(record)
+        }
+
+        fn save(&self, stage: usize, record: &StageRecord) -> Result<()> {
+            self.kept.borrow_mut().insert(stage, record.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_cascade_resumed_after_its_kept_stages_equals_the_uninterrupted_one() {
+        let d = crate::device::cpu();
+        d.seed(3);
+        let model = Linear {
+            w: Tensor::<2>::random([3, 4], Distribution::Normal(0.0, 1.0), &d),
+            b: Tensor::zeros([3], &d),
+        };
+        let x = Tensor::<4>::random([24, 1, 2, 2], Distribution::Uniform(0.0, 1.0), &d);
+        let y = model.log_probs(x.clone()).argmax(1).flatten::<1>(0, 1);
+        let goal = Goal::Untargeted(y);
+        // Every stage draws random numbers: random starts, then Square's stripes and squares.
+        let pgd = |eps: f64| Pgd {
+            steps: 3,
+            step_size: eps / 3.0,
+            ..Pgd::paper(eps)
+        };
+        let cascade = Cascade {
+            label: "test".into(),
+            stages: vec![
+                Box::new(pgd(0.15)),
+                Box::new(Square {
+                    queries: 30,
+                    ..Square::new(0.3)
+                }),
+                Box::new(pgd(0.6)),
+            ],
+        };
+        let run = |store: Option<&dyn StageStore>| {
+            d.seed(11);
+            let r = cascade.resume(&model, x.clone(), &goal, store).unwrap();
+            (floats::<f32, _>(r.output.adversarial), r.verdicts)
+        };
+        let full = Memory::default();
+        let whole = run(Some(&full));
+        assert_eq!(whole, run(None), "keeping the stages changes nothing");
+        let kept = full.kept.borrow().clone();
+        assert!(kept.values().all(|r| !r.draws.is_empty()));
+        let broken = |s| {
+            whole
+                .1
+                .iter()
+                .filter(|v| **v == Verdict::BrokenBy(s))
+                .count()
+        };
+        assert!(
+            kept.len() == 3 && broken(0) > 0 && broken(1) + broken(2) > 0,
+            "every stage runs and breaks examples: {:?}",
+            whole.1
+        );
+        // Killed after stage 0, or after stage 1: the rest runs on the kept stages' examples,
+        // from the generator where they left it.
+        for done in 1..=2 {
+            let partial = Memory::default();
+            for s in 0..done {
+                partial.save(s, &kept[&s]).unwrap();
+            }
+            assert_eq!(run(Some(&partial)), whole, "{done} stages kept");
+            assert_eq!(partial.loaded.get(), done);
+            assert_eq!(*partial.kept.borrow(), kept);
+        }
+        // Without the replay of the kept draws the later stages would draw other numbers.
+        let no_draws = Memory::default();
+        let mut first = kept[&0].clone();
+        first.draws.clear();
+        no_draws.save(0, &first).unwrap();
+        assert_ne!(run(Some(&no_draws)).0, whole.0);
+        // A kept stage of another batch (another number of examples) is refused.
+        let other = Memory::default();
+        let mut wrong = kept[&1].clone();
+        wrong.success.push(false);
+        other.save(0, &kept[&0]).unwrap();
+        other.save(1, &wrong).unwrap();
+        let e = cascade
+            .resume(&model, x.clone(), &goal, Some(&other))
+            .unwrap_err();
+        assert!(e.to_string().contains("the kept stage 1"), "{e}");
     }
 }

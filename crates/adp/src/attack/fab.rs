@@ -22,7 +22,7 @@
 //! the clean image where none was found.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::TensorData;
 
 use super::{AttackOutput, Classifier, Goal, LinfBudget, gradient_of};
 use crate::attack::Attack;
@@ -80,11 +80,7 @@ impl FabT {
         let mut x1 = origin.clone();
         if random_start {
             // x + min(‖best‖∞, ε)·u/‖u‖∞/2, u uniform; no best yet, so the radius is ε/2.
-            let u = host(Tensor::<4>::random(
-                dims,
-                Distribution::Uniform(-1.0, 1.0),
-                &device,
-            ));
+            let u = host(super::draws::uniform(dims, -1.0, 1.0, &device));
             for (row, u) in x1.chunks_mut(p).zip(u.chunks(p)) {
                 let top = u.iter().fold(1e-12f32, |a, v| a.max(v.abs()));
                 for (x, u) in row.iter_mut().zip(u) {

@@ -14,6 +14,7 @@ pub mod apgd;
 pub mod apgd_t;
 pub mod cascade;
 pub mod cw;
+pub mod draws;
 pub mod ead;
 pub mod fab;
 pub mod fgsm;
@@ -28,14 +29,13 @@ mod spec;
 pub mod square;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Ensemble, EnsembleOutput};
 pub use adaptive::Adaptive;
 pub use apgd::Apgd;
 pub use apgd_t::ApgdT;
-pub use cascade::{Cascade, CascadeReport, Verdict};
+pub use cascade::{Cascade, CascadeReport, StageRecord, StageStore, Verdict};
 pub use cw::CwL2;
 pub use ead::{DecisionRule, Ead};
 pub use fab::FabT;
@@ -261,6 +261,19 @@ pub trait Attack {
         (self.run(model, images, goal), None)
     }
 
+    /// [`run_verdicts`](Self::run_verdicts), where a [`Cascade`] keeps each finished stage in
+    /// the store and resumes after the stages kept there ([`Cascade::resume`]); a single attack
+    /// keeps nothing.
+    fn run_resumable(
+        &self,
+        model: &dyn Classifier,
+        images: Tensor<4>,
+        goal: &Goal,
+        _stages: &dyn StageStore,
+    ) -> anyhow::Result<(AttackOutput, Option<Vec<Verdict>>)> {
+        Ok(self.run_verdicts(model, images, goal))
+    }
+
     /// Untargeted attack on the true `labels` (the torchattacks-style call).
     fn attack(
         &self,
@@ -295,11 +308,7 @@ impl LinfBudget {
         if self.eps <= 0.0 {
             return x0.clone();
         }
-        let noise = Tensor::<4>::random(
-            x0.shape(),
-            Distribution::Uniform(-self.eps, self.eps),
-            &x0.device(),
-        );
+        let noise = draws::uniform(x0.dims(), -self.eps, self.eps, &x0.device());
         self.project(x0.clone() + noise, x0)
     }
 }

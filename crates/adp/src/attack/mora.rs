@@ -53,7 +53,6 @@
 //! [`Goal::Targeted`] this attack does exactly that, and it is not part of the untargeted sweep.
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::{log_softmax, softmax};
 
 use super::{
@@ -126,7 +125,7 @@ impl Mora {
     /// The official random start: x + ε t / ‖t‖∞, t uniform in [−1, 1], clipped to [0, 1].
     fn random_start(&self, x0: &Tensor<4>, eps: f64) -> Tensor<4> {
         let n = x0.dims()[0];
-        let t = Tensor::<4>::random(x0.shape(), Distribution::Uniform(-1.0, 1.0), &x0.device());
+        let t = super::draws::uniform(x0.dims(), -1.0, 1.0, &x0.device());
         let top = t
             .clone()
             .abs()
@@ -359,6 +358,7 @@ mod tests {
     };
     use crate::attack::{Apgd, Objective, Pgd, input_gradient};
     use crate::tensor::floats;
+    use burn::tensor::Distribution;
     use burn::tensor::TensorData;
 
     fn short(eps: f64) -> Mora {

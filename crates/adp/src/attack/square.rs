@@ -16,7 +16,7 @@
 //! Examples already misclassified stop being queried; no gradient is ever computed.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::TensorData;
 
 use super::{Attack, AttackOutput, Classifier, Goal, LinfBudget, place_rows, with_restarts};
 
@@ -65,9 +65,7 @@ impl Square {
         let [n, c, h, w] = x0.dims();
         let device = x0.device();
         let budget = LinfBudget { eps: self.eps };
-        let signs = |shape: [usize; 4]| {
-            Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).sign()
-        };
+        let signs = |shape: [usize; 4]| super::draws::uniform(shape, -1.0, 1.0, &device).sign();
         let stripes = signs([n, c, 1, w]).expand([n, c, h, w]);
         let mut x_best = budget.project(x0.clone() + stripes.mul_scalar(self.eps), x0);
         let (mut margin, mut loss) = Self::margin_and_loss(model, goal, &x_best);
@@ -83,11 +81,8 @@ impl Square {
 
             let side = square_side(p_schedule(self.p_init, i), h, w);
             // Position (row, column) and one sign per channel, from the device's generator.
-            let draw = crate::tensor::floats::<f64, _>(Tensor::<1>::random(
-                [2 + c],
-                Distribution::Uniform(0.0, 1.0),
-                &device,
-            ));
+            let draw =
+                crate::tensor::floats::<f64, _>(super::draws::uniform([2 + c], 0.0, 1.0, &device));
             let at = |u: f64, len: usize| ((u * (len - side + 1) as f64) as usize).min(len - side);
             let (row, col) = (at(draw[0], h), at(draw[1], w));
             let mut delta = vec![0f32; c * h * w];
@@ -165,6 +160,7 @@ mod tests {
     use crate::attack::tests::{
         Linear, assert_finds_exactly_the_closed_form_answer, assert_in_budget, linear_four_class,
     };
+    use burn::tensor::Distribution;
 
     #[test]
     fn the_p_schedule_and_square_sides_follow_the_reference_code() {

@@ -14,6 +14,9 @@ use crate::data::{Batcher, Dataset};
 use crate::model::Ensemble;
 use crate::tensor::floats;
 
+use super::resume::{BatchKey, Resume};
+use super::shard::dataset_sha256;
+
 /// The seed of the random draws (random starts, Square's squares, …) of batch `batch` (0-based,
 /// counted from the first test image) of an evaluation seeded with `seed`. Each batch reseeds the
 /// device's generator with it, so a batch's adversarial examples depend on the seed and the
@@ -128,13 +131,15 @@ pub fn attack_dataset(
     device: &Device,
 ) -> Result<AttackedSet> {
     attack_batches(
-        model, data, spec, targeted, member, batch_size, seed, 0, device,
+        model, data, spec, targeted, member, batch_size, seed, 0, None, device,
     )
 }
 
 /// [`attack_dataset`] on `data`, a slice of a test set that starts at its batch `first_batch`:
 /// batch i of `data` draws its randomness (random starts, targets) as batch `first_batch + i` of
 /// the whole set does, so the slices' results put together are those of the whole set.
+/// With `resume`, a cascade keeps each finished stage of each batch there and takes the stages
+/// already kept for the same batch instead of running them ([`super::resume`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attack_batches(
     model: &Ensemble,
@@ -145,6 +150,7 @@ pub fn attack_batches(
     batch_size: usize,
     seed: u64,
     first_batch: usize,
+    resume: Option<&Resume>,
     device: &Device,
 ) -> Result<AttackedSet> {
     spec.validate()?;
@@ -186,7 +192,33 @@ pub fn attack_batches(
         } else {
             Goal::Untargeted(batch.labels.clone())
         };
-        let (out, verdicts) = attack.run_verdicts(&victim, batch.images, &goal);
+        let (out, verdicts) = match resume {
+            None => attack.run_verdicts(&victim, batch.images, &goal),
+            Some(resume) => {
+                let first = i * batch_size;
+                let key = BatchKey {
+                    weights_sha256: resume.weights_sha256.clone(),
+                    batch_sha256: dataset_sha256(
+                        &data.slice(first..first + batch.labels.dims()[0]),
+                    ),
+                    batch: global,
+                    batch_size,
+                    attack: spec.clone(),
+                    targeted,
+                    seed,
+                };
+                let stages = resume.batch(key)?;
+                if stages.kept() > 0 {
+                    crate::progress::note(&format!(
+                        "{}: batch {global}: resuming after the {} finished stages kept in {}",
+                        set.description,
+                        stages.kept(),
+                        stages.dir().display()
+                    ));
+                }
+                attack.run_resumable(&victim, batch.images, &goal, &stages)?
+            }
+        };
         ensure!(
             out.success.len() == batch.labels.dims()[0],
             "attack returned a wrong batch size"
@@ -274,6 +306,8 @@ fn check_threat_model(
 /// Runs one attack over `data` against the ensemble and measures its accuracy on the result:
 /// the fraction still classified correctly (untargeted) or not moved to the target (targeted),
 /// and for a cascade the accuracy after each of its stages.
+/// With `resume`, cascades resume after their kept stages ([`attack_batches`]).
+#[allow(clippy::too_many_arguments)]
 pub fn robust(
     model: &Ensemble,
     data: &Dataset,
@@ -281,9 +315,12 @@ pub fn robust(
     targeted: bool,
     batch_size: usize,
     seed: u64,
+    resume: Option<&Resume>,
     device: &Device,
 ) -> Result<RobustResult> {
-    let set = attack_dataset(model, data, spec, targeted, None, batch_size, seed, device)?;
+    let set = attack_batches(
+        model, data, spec, targeted, None, batch_size, seed, 0, resume, device,
+    )?;
     Ok(RobustResult::from_flags(
         spec,
         targeted,

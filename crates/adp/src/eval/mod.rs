@@ -17,6 +17,7 @@ pub mod ed_histogram;
 pub mod feature_tsne;
 pub mod indicators;
 pub mod neighbours;
+pub mod resume;
 pub mod roc;
 pub mod shard;
 pub mod store;

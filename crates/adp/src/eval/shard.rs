@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::indicators::{
     IndicatorCounts, IndicatorSettings, count_indicators, indicator_budgets, reported_accuracy,
 };
+use super::resume::Resume;
 use super::{CleanCounts, EvalReport, RobustResult, attack_batches, clean_counts};
 use crate::attack::{AttackSpec, Classifier, Verdict, Victim};
 use crate::data::Dataset;
@@ -262,13 +263,14 @@ pub fn weights_sha256(run: &Path) -> Result<String> {
 /// Evaluates `shard` of `test` (the whole test set of the evaluation): the clean counts, every
 /// attack of `key.settings` with every seed and, where the settings ask for them, the
 /// indicators' counts (with `surrogate`'s transferred examples, if given), on the shard's
-/// batches only.
+/// batches only. With `resume`, cascades resume after the stages kept there.
 pub fn evaluate_shard(
     model: &Ensemble,
     surrogate: Option<&Ensemble>,
     test: &Dataset,
     key: EvalKey,
     shard: Shard,
+    resume: Option<&Resume>,
     device: &Device,
 ) -> Result<PartialEval> {
     let s = &key.settings;
@@ -299,6 +301,7 @@ pub fn evaluate_shard(
                 s.batch_size,
                 s.seed + r,
                 batches.start,
+                resume,
                 device,
             )?;
             description = set.description;

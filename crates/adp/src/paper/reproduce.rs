@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{AttackKind, AttackSpec};
 use crate::data::{Dataset, DatasetKind, Normalization, Split, fetch, load_dataset};
 use crate::device::DeviceKind;
+use crate::eval::resume::{RESUME_DIR, Resume};
+use crate::eval::shard::weights_sha256;
 use crate::eval::store::{self, ResultKey};
 use crate::eval::{EvalReport, clean, robust};
 use crate::loss::Diversity;
@@ -274,13 +276,28 @@ pub fn evaluate_method(
         indicators: Vec::new(),
     };
     let keys = ResultKey::for_attacks(&run, attack_set, attacks, false, tc.seed, batch_size)?;
+    // A cascade's finished stages, kept until its result is: a killed reproduction resumes in
+    // the middle of AutoAttack.
+    let resume = Resume {
+        dir: run.join(RESUME_DIR),
+        weights_sha256: weights_sha256(&run)?,
+    };
     for (spec, key) in attacks.iter().zip(&keys) {
         let (r, measured) = match store::find(&run, key)? {
             Some(r) => (r, false),
-            None => (
-                robust(&model, attack_set, spec, false, batch_size, tc.seed, device)?,
-                true,
-            ),
+            None => {
+                let r = robust(
+                    &model,
+                    attack_set,
+                    spec,
+                    false,
+                    batch_size,
+                    tc.seed,
+                    Some(&resume),
+                    device,
+                )?;
+                (r, true)
+            }
         };
         // Printed before it is kept: a failed write (a full disk) loses no result.
         crate::progress::note(&format!(
@@ -297,6 +314,7 @@ pub fn evaluate_method(
         ));
         if measured {
             store::keep(&run, key, &r)?;
+            resume.clear()?;
         }
         report.robust.push(r);
     }
