@@ -192,7 +192,8 @@ pub fn attack_batches(
         } else {
             Goal::Untargeted(batch.labels.clone())
         };
-        let (out, verdicts) = match resume {
+        // Only a cascade has stages to keep.
+        let (out, verdicts) = match resume.filter(|_| !set.stages.is_empty()) {
             None => attack.run_verdicts(&victim, batch.images, &goal),
             Some(resume) => {
                 let first = i * batch_size;
@@ -208,11 +209,11 @@ pub fn attack_batches(
                     seed,
                 };
                 let stages = resume.batch(key)?;
-                if stages.kept() > 0 {
+                let kept = stages.kept();
+                if kept > 0 {
                     crate::progress::note(&format!(
-                        "{}: batch {global}: resuming after the {} finished stages kept in {}",
+                        "{}: batch {global}: resuming after the {kept} finished stages kept in {}",
                         set.description,
-                        stages.kept(),
                         stages.dir().display()
                     ));
                 }
