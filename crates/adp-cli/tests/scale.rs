@@ -286,8 +286,7 @@ fn eval_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// A quick evaluation (FGSM), for the refusals.
 fn quick_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["eval", run.to_str().unwrap()];
-    a.extend([
+    let quick = [
         "--attack",
         "fgsm",
         "--eps",
@@ -295,7 +294,14 @@ fn quick_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         "--no-indicators",
         "--batch-size",
         "40",
-    ]);
+    ];
+    eval_with(run, &quick, extra)
+}
+
+/// `adp eval RUN`, then `options`, then `extra`.
+fn eval_with<'a>(run: &'a Path, options: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["eval", run.to_str().unwrap()];
+    a.extend(options);
     a.extend(extra);
     a
 }
@@ -501,8 +507,7 @@ fn shards_cover_every_batch_once() {
 
 /// AutoAttack on one batch, cut short enough for a test (its stages all draw random numbers).
 fn autoattack_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["eval", run.to_str().unwrap()];
-    a.extend([
+    let autoattack = [
         "--attack",
         "autoattack",
         "--eps",
@@ -516,9 +521,8 @@ fn autoattack_args<'a>(run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         "--batch-size",
         "60",
         "--no-indicators",
-    ]);
-    a.extend(extra);
-    a
+    ];
+    eval_with(run, &autoattack, extra)
 }
 
 fn partial_without_timings(run: &Path) -> serde_json::Value {
