@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffer::{with_scratch, written};
-use crate::lanes::lane_sum;
+use crate::lanes::{lane_sum, relu, vectorised};
 
 use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
@@ -88,9 +88,14 @@ fn map_planes(
 fn through_relu<R>(g: &[f32], y: Option<&[f32]>, f: impl FnOnce(&[f32]) -> R) -> R {
     let Some(y) = y else { return f(g) };
     with_scratch(g.len(), |masked| {
-        for ((m, &g), &y) in masked.iter_mut().zip(g).zip(y) {
-            *m = if y <= 0.0 { 0.0 } else { g };
-        }
+        vectorised(
+            #[inline(always)]
+            || {
+                for ((m, &g), &y) in masked.iter_mut().zip(g).zip(y) {
+                    *m = if y <= 0.0 { 0.0 } else { g };
+                }
+            },
+        );
         f(masked)
     })
 }
@@ -264,25 +269,28 @@ fn affine_planes(
     residual: Option<&Planes>,
     relu: bool,
 ) -> FlexTensor {
-    // burn's `relu`: values `≤ 0` become 0.
-    let clip = |v: f32| if relu && v <= 0.0 { 0.0 } else { v };
     map_planes(p, shape, |i, c, o| {
-        let values = o.iter_mut().zip(p.plane_at(i));
-        let (scale, shift) = (scale[c], shift[c]);
-        match residual {
-            // (a · scale + shift) + r rounds as the separate batch norm and addition do.
-            Some(r) => {
-                for ((o, &a), &r) in values.zip(r.plane_at(i)) {
-                    o.write(clip(a * scale + shift + r));
-                }
-            }
-            None => {
-                for (o, &a) in values {
-                    o.write(clip(a * scale + shift));
-                }
-            }
-        }
+        let (x, scale, shift) = (p.plane_at(i), scale[c], shift[c]);
+        // (a · scale + shift) + r rounds as the separate batch norm and addition do; the ReLU
+        // and the residual are chosen outside the loops, which then vectorise.
+        vectorised(
+            #[inline(always)]
+            || match (residual.map(|r| r.plane_at(i)), relu) {
+                (Some(r), true) => write(o, x, r, |a, r| self::relu(a * scale + shift + r)),
+                (Some(r), false) => write(o, x, r, |a, r| a * scale + shift + r),
+                (None, true) => write(o, x, x, |a, _| self::relu(a * scale + shift)),
+                (None, false) => write(o, x, x, |a, _| a * scale + shift),
+            },
+        )
     })
+}
+
+/// `o_i = f(x_i, y_i)`.
+#[inline(always)]
+fn write(o: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &a), &b) in o.iter_mut().zip(x).zip(y) {
+        o.write(f(a, b));
+    }
 }
 
 /// Evaluation mode, [`affine_planes`] where the kernel applies, burn's operations elsewhere.
@@ -349,10 +357,16 @@ fn backward(
     let (g_mean32, gx_mean32) = (to_f32(&g_mean), to_f32(&gx_mean));
     let x_grad = map_planes(&px, shape, |i, c, o| {
         let (k, m, s) = (gamma[c] * inv_std[c], mean[c], inv_std[c]);
+        let (gm, gxm) = (g_mean32[c], gx_mean32[c]);
         through_relu(pg.plane_at(i), py.as_ref().map(|y| y.plane_at(i)), |g| {
-            for ((o, &a), &g) in o.iter_mut().zip(px.plane_at(i)).zip(g) {
-                o.write(k * (g - g_mean32[c] - (a - m) * s * gx_mean32[c]));
-            }
+            vectorised(
+                #[inline(always)]
+                || {
+                    write(o, px.plane_at(i), g, |a, g| {
+                        k * (g - gm - (a - m) * s * gxm)
+                    })
+                },
+            )
         });
     });
     let sums = |means: &[f64]| vector(means.iter().map(|&m| (m * count) as f32).collect());

@@ -13,6 +13,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 
 use crate::buffer::{written, zeroed};
+use crate::lanes::{relu, vectorised};
 
 use super::FastMaxPool;
 
@@ -134,27 +135,6 @@ impl Windows {
             }
         }
     }
-}
-
-/// `f()`, compiled for AVX2 where the CPU has it: the build targets baseline x86-64, and the
-/// compiler does not vectorise these loops with its SSE2 alone.
-#[inline(always)]
-fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU has AVX2.
-        return unsafe { avx2(f) };
-    }
-    f()
-}
-
-/// burn's `relu`: values `≤ 0` become 0.
-fn relu(v: f32) -> f32 {
-    if v <= 0.0 { 0.0 } else { v }
 }
 
 impl FastMaxPool for Flex {

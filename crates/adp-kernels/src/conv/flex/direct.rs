@@ -33,6 +33,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::buffer::{with_scratch, written};
+use crate::lanes::vectorised;
 
 use super::{Geometry, WEIGHT_GRAD_CHUNK};
 
@@ -135,10 +136,13 @@ impl Plan {
     /// Copies one image `[C_in, H, W]` into `xp` `[C_in, plane]`, its padded rows and columns
     /// split into the stride's phases, zero outside the image.
     fn pad(&self, x: &[f32], xp: &mut [f32]) {
-        xp.fill(0.0);
         let ([sh, sw], [top, left]) = (self.stride, self.pad);
         // Input columns the kernel reaches, from the first.
         let cols = self.reached[1].saturating_sub(left).min(self.in_w);
+        if self.stride == [1, 1] {
+            return self.pad_rows(x, xp, cols);
+        }
+        xp.fill(0.0);
         for (src, dst) in x
             .chunks_exact(self.in_h * self.in_w)
             .zip(xp.chunks_exact_mut(self.plane))
@@ -153,11 +157,34 @@ impl Plan {
                     dst[at + left..][..cols].copy_from_slice(&line[..cols]);
                     continue;
                 }
-                for (col, &v) in line[..cols].iter().enumerate() {
-                    let c = col + left;
-                    dst[at + (c % sw) * self.phase + c / sw] = v;
+                // Padded column `C` goes to phase `C mod s_w`, column `C / s_w`: per phase, every
+                // `s_w`-th input column, from the first that lands there, to consecutive columns.
+                for p in 0..sw {
+                    let first = (p + sw - left % sw) % sw;
+                    let to = &mut dst[at + p * self.phase + (first + left) / sw..];
+                    let from = line[..cols].iter().skip(first).step_by(sw);
+                    to.iter_mut().zip(from).for_each(|(d, &v)| *d = v);
                 }
             }
+        }
+    }
+
+    /// [`Self::pad`] with stride 1, where the rows land in order: each value of `xp` is written
+    /// once, the copied rows and the zeros between them.
+    fn pad_rows(&self, x: &[f32], xp: &mut [f32], cols: usize) {
+        let rows = self.reached[0].saturating_sub(self.pad[0]).min(self.in_h);
+        for (src, dst) in x
+            .chunks_exact(self.in_h * self.in_w)
+            .zip(xp.chunks_exact_mut(self.plane))
+        {
+            let mut next = 0;
+            for (row, line) in src.chunks_exact(self.in_w).take(rows).enumerate() {
+                let at = (row + self.pad[0]) * self.wp + self.pad[1];
+                dst[next..at].fill(0.0);
+                dst[at..at + cols].copy_from_slice(&line[..cols]);
+                next = at + cols;
+            }
+            dst[next..].fill(0.0);
         }
     }
 
@@ -192,11 +219,16 @@ impl Plan {
             .enumerate()
         {
             let b = bias.map_or(0.0, |b| b[o]);
-            for (src, dst) in rows.chunks_exact(self.wp).zip(dst.chunks_exact_mut(self.w)) {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    d.write(v + b);
-                }
-            }
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (src, dst) in rows.chunks_exact(self.wp).zip(dst.chunks_exact_mut(self.w)) {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            d.write(v + b);
+                        }
+                    }
+                },
+            );
         }
     }
 }
