@@ -2,7 +2,7 @@
 //! CNN and ResNet-20 in both formats, the `.pt` writer read back by burn-store's PyTorch reader,
 //! the torch names and layouts of interop/README.md, and clear errors for bad files.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

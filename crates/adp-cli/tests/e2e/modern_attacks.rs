@@ -3,7 +3,7 @@
 //! bounds, strength relative to PGD, targeted success, and the command line's errors. Iterations
 //! are kept small so that the file runs in seconds.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -15,7 +15,7 @@ use adp::eval::{RobustResult, robust};
 use adp::model::{Ensemble, ModelKind};
 use adp::train::{Method, TrainConfig, train};
 use burn::module::Module;
-use common::{adp, adp_ok, assert_one_error, scratch, stdout};
+use common::{adp, adp_ok, assert_one_error, scratch_dir, stdout};
 
 /// Test examples attacked by every comparison.
 const EXAMPLES: usize = 50;
@@ -26,7 +26,7 @@ const EPS: f64 = 0.15;
 fn trained() -> &'static (PathBuf, Ensemble, Dataset) {
     static RUN: OnceLock<(PathBuf, Ensemble, Dataset)> = OnceLock::new();
     RUN.get_or_init(|| {
-        let data = scratch().join("data");
+        let data = scratch_dir!().join("data");
         write_synthetic_mnist(&data, 600, 200, 11).unwrap();
         let config = TrainConfig {
             data_dir: data.clone(),
@@ -37,7 +37,7 @@ fn trained() -> &'static (PathBuf, Ensemble, Dataset) {
             seed: 1,
             ..TrainConfig::paper_mnist(Method::Adp, 2.0, 0.5)
         };
-        let run = scratch().join("run");
+        let run = scratch_dir!().join("run");
         let (model, _) = train(&config, &run, false).unwrap();
         let test = load_idx_dataset(&data, DatasetKind::Mnist, Split::Test)
             .unwrap()

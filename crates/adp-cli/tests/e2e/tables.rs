@@ -3,7 +3,7 @@
 //! JSON with one finite number per row and method, the paper's numbers beside ours, and
 //! `adp report` rebuilds the Markdown and CSV from the JSON.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! `adp sweep` (grid expansion, `--jobs`, `--run-index`, bad sweep files) and sharded evaluation
 //! (`adp eval --shard i/n`, `adp merge`): merged shards equal the unsharded evaluation exactly.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -19,7 +19,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn fresh(name: &str) -> PathBuf {
-    let d = common::scratch().join(name);
+    let d = common::scratch_dir!().join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -223,7 +223,7 @@ fn bad_sweep_files_give_one_error_naming_the_file_and_the_field() {
 fn trained_run() -> PathBuf {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let run = common::scratch().join("shard-run");
+        let run = common::scratch_dir!().join("shard-run");
         let data = synthetic_data();
         adp_ok(&train_args(
             data.to_str().unwrap(),

@@ -2,7 +2,7 @@
 //! a small random ensemble, and `adp reproduce transfer|detect|ed-histogram|tsne --preset tiny` plus
 //! `adp report` end to end on the synthetic MNIST-layout data set.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! batches hold adversarial examples inside their budget, a tiny run trains and finishes through
 //! the binary, and the options survive the run's `config.toml`.
 
-mod common;
+use crate::common;
 
 use adp::data::synthetic::write_synthetic_mnist;
 use adp::data::{Batcher, DatasetKind, Split, load_idx_dataset};

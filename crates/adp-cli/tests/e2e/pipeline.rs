@@ -2,7 +2,7 @@
 //! on-disk layout: training, resuming after a real kill, evaluation, attacks on a trained model,
 //! the reproduction pipeline, and the error messages of bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,8 +17,8 @@ use adp::eval::robust;
 use adp::train::checkpoint::load_run;
 use burn::module::Module;
 use common::{
-    adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, stdout, synthetic_data,
-    train_args,
+    adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch_dir, stderr, stdout,
+    synthetic_data, train_args,
 };
 
 fn data_dir() -> PathBuf {
@@ -30,7 +30,7 @@ fn trained_run() -> PathBuf {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let data = data_dir();
-        let run = scratch().join("run");
+        let run = scratch_dir!().join("run");
         adp_ok(&train_args(
             data.to_str().unwrap(),
             run.to_str().unwrap(),
@@ -122,7 +122,7 @@ fn eval_prints_tables_and_writes_json_and_csv() {
 #[test]
 fn attack_command_saves_adversarial_examples_within_budget() {
     let run = trained_run();
-    let out = scratch().join("adv.safetensors");
+    let out = scratch_dir!().join("adv.safetensors");
     let o = adp_ok(&[
         "attack",
         run.to_str().unwrap(),
@@ -256,7 +256,10 @@ fn attacks_on_a_trained_ensemble_stay_in_budget_and_pgd_beats_fgsm() {
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
     let data = data_dir();
-    let (a, b) = (scratch().join("uninterrupted"), scratch().join("killed"));
+    let (a, b) = (
+        scratch_dir!().join("uninterrupted"),
+        scratch_dir!().join("killed"),
+    );
     adp_ok(&train_args(
         data.to_str().unwrap(),
         a.to_str().unwrap(),
@@ -300,8 +303,8 @@ fn a_killed_run_resumes_to_the_same_weights() {
 fn a_run_killed_within_an_epoch_resumes_at_its_step_to_the_same_weights_and_metrics() {
     let data = data_dir();
     let (a, b) = (
-        scratch().join("whole-epoch"),
-        scratch().join("killed-within"),
+        scratch_dir!().join("whole-epoch"),
+        scratch_dir!().join("killed-within"),
     );
     // ResNet-20 members make a step long enough (tenths of a second) to kill the run between
     // two of them; a checkpoint is taken after every step.
@@ -416,7 +419,7 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (serde_json::Value
 #[test]
 fn a_loss_that_goes_nan_stops_training_and_names_the_last_good_checkpoint() {
     let data = data_dir();
-    let run = scratch().join("nan");
+    let run = scratch_dir!().join("nan");
     adp_ok(&train_args(
         data.to_str().unwrap(),
         run.to_str().unwrap(),
@@ -448,7 +451,7 @@ fn a_loss_that_goes_nan_stops_training_and_names_the_last_good_checkpoint() {
 
 #[test]
 fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
-    let out = scratch().join("reproduce");
+    let out = scratch_dir!().join("reproduce");
     let data = data_dir();
     let args = reproduce_tiny_args("mnist", &data, &out);
     adp_ok(&args);
@@ -473,7 +476,7 @@ fn reproduce_tiny_compares_three_methods_and_reuses_finished_runs() {
 #[test]
 fn cifar_binary_layout_trains_resnet20_with_augmentation_and_evaluates() {
     use adp::data::cifar::{CifarLabels, encode_records};
-    let dir = scratch().join("cifar");
+    let dir = scratch_dir!().join("cifar");
     let folder = dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&folder).unwrap();
     for (i, name) in [
@@ -495,7 +498,7 @@ fn cifar_binary_layout_trains_resnet20_with_augmentation_and_evaluates() {
         );
         std::fs::write(folder.join(name), bytes).unwrap();
     }
-    let run = scratch().join("cifar-run");
+    let run = scratch_dir!().join("cifar-run");
     let (d, r) = (dir.to_str().unwrap(), run.to_str().unwrap());
     adp_ok(&[
         "train",
@@ -541,7 +544,7 @@ fn bad_input_gives_one_clear_error_and_no_panic() {
     let e = empty.path().to_str().unwrap();
     let run = trained_run();
     let r = run.to_str().unwrap();
-    let out = scratch().join("never").to_str().unwrap().to_string();
+    let out = scratch_dir!().join("never").to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["train", "--members", "1", "--data-dir", d, "--out", &out],

@@ -2,13 +2,13 @@
 //! the same run directory as ECE and ADP, resumes to the weights of an uninterrupted run, and
 //! DVERGE starts from a trained ECE ensemble; old `config.toml` files still load.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
 use adp::train::peers::Objective;
 use adp::train::{Method, TrainConfig};
-use common::{adp, adp_ok, assert_fails_with, scratch, synthetic_data, train_args};
+use common::{adp, adp_ok, assert_fails_with, scratch_dir, synthetic_data, train_args};
 
 fn train(method: &str, out: &Path, epochs: &str, extra: &[&str]) -> std::process::Output {
     let data = synthetic_data();
@@ -32,8 +32,8 @@ fn weights(run: &Path) -> Vec<u8> {
 /// 2 epochs at once, and 1 epoch resumed to 2, give the same weights: every random draw of the
 /// method (TRS's attack start, DVERGE's targets and layer) is seeded by the step.
 fn resumes_to_the_same_weights(method: &str, extra: &[&str]) {
-    let whole = scratch().join(format!("{method}-whole"));
-    let part = scratch().join(format!("{method}-part"));
+    let whole = scratch_dir!().join(format!("{method}-whole"));
+    let part = scratch_dir!().join(format!("{method}-part"));
     let o = train(method, &whole, "2", extra);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let o = train(method, &part, "1", extra);
@@ -83,12 +83,12 @@ fn trs_trains_resumes_and_evaluates() {
 
 #[test]
 fn dverge_starts_from_a_trained_ece_ensemble() {
-    let ece = scratch().join("dverge-base-ece");
+    let ece = scratch_dir!().join("dverge-base-ece");
     let o = train("ece", &ece, "1", &[]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let from = ece.to_str().unwrap().to_string();
     resumes_to_the_same_weights("dverge", &["--dverge-from", &from]);
-    let run = scratch().join("dverge-whole");
+    let run = scratch_dir!().join("dverge-whole");
     assert_ne!(
         weights(&run),
         weights(&ece),
@@ -98,7 +98,7 @@ fn dverge_starts_from_a_trained_ece_ensemble() {
     assert!(text.contains("start_from"), "{text}");
     // A start whose members differ (here their input normalisation) is refused, naming its
     // model.toml, before the run writes its configuration.
-    let mismatch = scratch().join("dverge-mismatch");
+    let mismatch = scratch_dir!().join("dverge-mismatch");
     let o = train(
         "dverge",
         &mismatch,
@@ -113,7 +113,7 @@ fn dverge_starts_from_a_trained_ece_ensemble() {
 fn the_peer_methods_refuse_adversarial_training() {
     let o = train(
         "gal",
-        &scratch().join("gal-advt"),
+        &scratch_dir!().join("gal-advt"),
         "1",
         &["--adv-train", "pgd"],
     );
@@ -155,7 +155,7 @@ fn configs_without_peer_sections_load_and_peer_sections_round_trip() {
 
 #[test]
 fn reproduce_peers_tiny_writes_the_table_the_transfer_matrices_and_the_plot() {
-    let out = scratch().join("peers-tiny");
+    let out = scratch_dir!().join("peers-tiny");
     let data = synthetic_data();
     let o = adp_ok(&common::reproduce_tiny_args("peers", &data, &out));
     let md = std::fs::read_to_string(out.join("peers.md")).unwrap();

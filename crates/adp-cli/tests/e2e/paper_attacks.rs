@@ -3,7 +3,7 @@
 //! find smaller L2 and L1 perturbations than PGD, targeted JSMA and C&W beat chance, and a bad
 //! parameter gives one clear error.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,11 +1,11 @@
-//! Helpers shared by the integration tests (`mod common;` in each test file): running the `adp`
-//! binary and reading its output, the arguments of `adp reproduce … --preset tiny`, the
+//! Helpers shared by the end-to-end tests (`use crate::common;` in each module): running the
+//! `adp` binary and reading its output, the arguments of `adp reproduce … --preset tiny`, the
 //! one-clear-error checks of bad command lines, small CNN ensembles and a scratch directory per
-//! test binary. Each test file uses a subset, hence the `allow`.
+//! test module. Each module uses a subset, hence the `allow`.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -139,12 +139,29 @@ pub fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a s
     ]
 }
 
-/// A temporary directory shared by the tests of one test binary (a static: it is never dropped,
-/// so it stays for the life of the process).
+/// A temporary directory shared by the tests of the binary (a static: it is never dropped, so it
+/// stays for the life of the process).
 pub fn scratch() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
+
+/// The directory of one test module in [`scratch`], created: the modules share one binary, and
+/// each keeps its names (`data`, `run`, …) in a directory of its own.
+pub fn module_scratch(module_path: &str) -> PathBuf {
+    let module = module_path.rsplit("::").next().unwrap_or(module_path);
+    let dir = scratch().join(module);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// [`module_scratch`] of the module that calls it.
+macro_rules! scratch_dir {
+    () => {
+        $crate::common::module_scratch(module_path!())
+    };
+}
+pub(crate) use scratch_dir;
 
 /// Resumes `run`, trained for 1 epoch, to 2: its `config.toml` is changed to 2 epochs and its
 /// final model removed, as if the run had been killed after its first checkpoint. Asserts that

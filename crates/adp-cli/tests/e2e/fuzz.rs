@@ -2,7 +2,7 @@
 //! error, never a panic. Bounded property tests (proptest's default 256 cases each, overridable
 //! with `PROPTEST_CASES=N` for longer runs) over random and mutated inputs.
 
-mod common;
+use crate::common;
 
 use adp::data::cifar::{CifarLabels, encode_records, parse_records};
 use adp::data::idx::{encode_idx, parse_idx};

@@ -1,17 +1,17 @@
 //! The official code's details as options (`--augment` on MNIST, `--normalize mean`) and
 //! `adp reproduce fidelity --preset tiny` end to end on the synthetic MNIST-layout data set.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
 use adp::data::synthetic::write_synthetic_mnist;
-use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch, stderr, train_args};
+use common::{adp, adp_ok, assert_one_error, reproduce_tiny_args, scratch_dir, stderr, train_args};
 
 fn data() -> &'static Path {
     static DONE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
-        let dir = scratch().join("data");
+        let dir = scratch_dir!().join("data");
         write_synthetic_mnist(&dir, 300, 100, 7).unwrap();
         dir
     })
@@ -20,7 +20,7 @@ fn data() -> &'static Path {
 /// Trains 2 CNN members for one epoch with `extra` options and returns the run's training
 /// history and its model description.
 fn train_with(name: &str, extra: &[&str]) -> (String, String) {
-    let out = scratch().join(name);
+    let out = scratch_dir!().join(name);
     let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
     args.extend(extra);
     adp_ok(&args);
@@ -53,7 +53,7 @@ fn augmentation_and_the_per_pixel_mean_change_mnist_training() {
     assert_eq!(mean_len(&plain_model), 1, "one channel mean");
     assert_eq!(mean_len(&centred_model), 28 * 28, "one mean per pixel");
 
-    let out = scratch().join("bad-normalize");
+    let out = scratch_dir!().join("bad-normalize");
     let o = adp(&[
         "train",
         "--normalize",
@@ -69,8 +69,8 @@ fn augmentation_and_the_per_pixel_mean_change_mnist_training() {
 #[test]
 fn a_per_pixel_mean_run_exports_and_imports_with_the_same_normalisation() {
     train_with("centred-export", &["--normalize", "mean"]);
-    let out = scratch().join("centred-export");
-    let file = scratch().join("centred.safetensors");
+    let out = scratch_dir!().join("centred-export");
+    let file = scratch_dir!().join("centred.safetensors");
     adp_ok(&[
         "export",
         out.to_str().unwrap(),
@@ -79,7 +79,7 @@ fn a_per_pixel_mean_run_exports_and_imports_with_the_same_normalisation() {
         "--out",
         file.to_str().unwrap(),
     ]);
-    let back = scratch().join("centred-import");
+    let back = scratch_dir!().join("centred-import");
     adp_ok(&[
         "import",
         file.to_str().unwrap(),

@@ -4,17 +4,17 @@
 //! an NVIDIA GPU, or fails with one line that says what is missing. Without the features: each
 //! device names the build that has it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
 use adp::data::synthetic::write_synthetic_mnist;
-use common::{adp, adp_ok, scratch, train_args};
+use common::{adp, adp_ok, scratch_dir, train_args};
 
 fn data() -> &'static Path {
     static DONE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
-        let dir = scratch().join("data");
+        let dir = scratch_dir!().join("data");
         write_synthetic_mnist(&dir, 256, 100, 11).unwrap();
         dir
     })
@@ -39,7 +39,7 @@ fn wgpu() -> Option<burn::prelude::Device> {
 /// Trains 2 CNN members for one epoch into `name`, on the device that `flags` choose
 /// (`--device D` or `--devices D1,D2`).
 fn train_on(flags: &[&str], name: &str) -> PathBuf {
-    let out = scratch().join(name);
+    let out = scratch_dir!().join(name);
     let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
     args.extend(flags);
     adp_ok(&args);
@@ -168,7 +168,7 @@ fn member_parallel_training_on_flex_and_wgpu_equals_flex() {
 #[cfg(feature = "tch")]
 #[test]
 fn tch_cuda_trains_on_a_gpu_or_says_in_one_line_what_is_missing() {
-    let out = scratch().join("tch-cuda");
+    let out = scratch_dir!().join("tch-cuda");
     let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
     args.extend(["--device", "tch-cuda"]);
     let o = adp(&args);
@@ -225,7 +225,7 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
         return;
     }
     let cache = |name: &str| {
-        let dir = scratch().join(name);
+        let dir = scratch_dir!().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let tests = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/cubecl.toml"));
         let toml = tests.unwrap() + "\n[environment]\npath = \"local\"\n";
@@ -235,7 +235,7 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
     // The two runs share a machine cache of their own: the second starts from the first's choices.
     let shared = cache("shared-kernel-cache");
     let run = |name: &str, epochs: &str| {
-        let out = scratch().join(name);
+        let out = scratch_dir!().join(name);
         let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), epochs);
         args.extend(["--devices", "cpu,wgpu"]);
         common::adp_ok_with(&args, |c| {
@@ -259,7 +259,7 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
 /// `adp bench` of two CNN members on a batch of 4, one step and FGSM, with `extra` arguments:
 /// its Markdown table and its JSON report.
 fn tiny_bench(name: &str, extra: &[&str]) -> (String, serde_json::Value) {
-    let json = scratch().join(format!("{name}.json"));
+    let json = scratch_dir!().join(format!("{name}.json"));
     let mut args = vec![
         "bench",
         "--models",
@@ -342,7 +342,7 @@ fn malloc_keeps_freed_memory_unless_told_to_keep_its_defaults() {
 /// `devices` does not start with its `device`.
 #[test]
 fn a_member_parallel_placement_that_cannot_work_is_refused_in_one_line() {
-    let out = scratch().join("gal-placed");
+    let out = scratch_dir!().join("gal-placed");
     let mut args = train_args(data().to_str().unwrap(), out.to_str().unwrap(), "1");
     args.extend(["--method", "gal", "--devices", "cpu,cpu"]);
     common::assert_one_error(
@@ -352,7 +352,7 @@ fn a_member_parallel_placement_that_cannot_work_is_refused_in_one_line() {
     );
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 
-    let sweep = scratch().join("placed-sweep");
+    let sweep = scratch_dir!().join("placed-sweep");
     std::fs::create_dir_all(&sweep).unwrap();
     let config = adp::train::TrainConfig {
         data_dir: data().to_path_buf(),
