@@ -1,6 +1,8 @@
-//! Resuming a cascade from its kept stages ([`Cascade::resume`]) and replaying the random draws
-//! of an attack ([`adp::attack::draws`]). The device's generator is global to the process, so
-//! these checks of its exact sequence run in a test binary of their own, one at a time.
+//! Resuming a cascade from its kept stages ([`Cascade::resume`]), replaying the random draws of
+//! an attack ([`adp::attack::draws`]), and a seed's initial ensemble on wgpu and flex. The
+//! device's generator is global to the process, so these checks of its exact sequence run in a
+//! test binary of their own, one at a time: in the end-to-end binary, a test that initialised a
+//! model beside the wgpu one changed its draws.
 
 use std::sync::Mutex;
 
@@ -153,4 +155,52 @@ fn a_cascade_resumed_after_its_kept_stages_equals_the_uninterrupted_one() {
         .resume(&model, x.clone(), &goal, Some(&other))
         .unwrap_err();
     assert!(e.to_string().contains("the kept stage 1"), "{e}");
+}
+
+/// A seed gives the same initial ensemble on wgpu as on flex: the weights are drawn on the CPU.
+/// Where wgpu finds no adapter this prints `skipped`, unless `ADP_REQUIRE_WGPU` is set.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_seed_gives_the_same_initial_weights_on_wgpu_as_on_flex() {
+    use adp::model::{MemberConfig, ModelKind};
+    use adp::train::checkpoint::ModelSpec;
+    use burn::module::{Module, ModuleVisitor, Param};
+
+    let wgpu = match adp::device::DeviceKind::Wgpu.device() {
+        Ok(device) => device,
+        Err(e) if std::env::var_os("ADP_REQUIRE_WGPU").is_none() => {
+            eprintln!("skipped (set ADP_REQUIRE_WGPU=1 to fail instead): {e}");
+            return;
+        }
+        Err(e) => panic!("ADP_REQUIRE_WGPU is set: {e}"),
+    };
+    struct Values(Vec<Vec<f32>>);
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let spec = ModelSpec {
+        members: 2,
+        member: MemberConfig {
+            kind: ModelKind::Cnn,
+            input_shape: [1, 28, 28],
+            num_classes: 10,
+            mean: vec![0.13],
+            std: vec![0.31],
+        },
+    };
+    let _generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let mut values = Vec::new();
+    for device in [Device::flex(), wgpu] {
+        let model = adp::train::initial_ensemble(&spec, 5, &device.autodiff()).unwrap();
+        let mut v = Values(Vec::new());
+        model.visit(&mut v);
+        values.push(v.0);
+    }
+    assert_eq!(values[0].len(), values[1].len());
+    for (i, (a, b)) in values[0].iter().zip(&values[1]).enumerate() {
+        assert_eq!(a, b, "parameter {i}");
+    }
 }

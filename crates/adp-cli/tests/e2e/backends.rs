@@ -509,22 +509,11 @@ fn five_training_steps_on_wgpu_equal_flex() {
     let Some(wgpu) = wgpu() else { return };
     use adp::data::Batch;
     use adp::loss::AdpConfig;
-    use adp::model::{MemberConfig, ModelKind};
-    use adp::train::checkpoint::ModelSpec;
     use burn::module::Module;
     use burn::optim::{AdamConfig, ModuleOptimizer};
     use burn::prelude::*;
 
-    let spec = ModelSpec {
-        members: 2,
-        member: MemberConfig {
-            kind: ModelKind::Cnn,
-            input_shape: [1, 28, 28],
-            num_classes: 10,
-            mean: vec![0.13],
-            std: vec![0.31],
-        },
-    };
+    let spec = common::cnn_spec(2, [1, 28, 28], 10, 0.13, 0.31);
     let flex = Device::flex().autodiff();
     flex.seed(3);
     let model = spec.init(&flex);
@@ -567,46 +556,6 @@ fn five_training_steps_on_wgpu_equal_flex() {
             losses[0],
             losses[1]
         );
-    }
-}
-
-/// A seed gives the same initial ensemble on wgpu as on flex: the weights are drawn on the CPU.
-#[cfg(feature = "wgpu")]
-#[test]
-fn a_seed_gives_the_same_initial_weights_on_wgpu_as_on_flex() {
-    let Some(wgpu) = wgpu() else { return };
-    use adp::model::{MemberConfig, ModelKind};
-    use adp::train::checkpoint::ModelSpec;
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::prelude::*;
-
-    struct Values(Vec<Vec<f32>>);
-    impl ModuleVisitor for Values {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0
-                .push(param.val().into_data().try_to_vec::<f32>().unwrap());
-        }
-    }
-    let spec = ModelSpec {
-        members: 2,
-        member: MemberConfig {
-            kind: ModelKind::Cnn,
-            input_shape: [1, 28, 28],
-            num_classes: 10,
-            mean: vec![0.13],
-            std: vec![0.31],
-        },
-    };
-    let mut values = Vec::new();
-    for device in [Device::flex(), wgpu] {
-        let model = adp::train::initial_ensemble(&spec, 5, &device.autodiff()).unwrap();
-        let mut v = Values(Vec::new());
-        model.visit(&mut v);
-        values.push(v.0);
-    }
-    assert_eq!(values[0].len(), values[1].len());
-    for (i, (a, b)) in values[0].iter().zip(&values[1]).enumerate() {
-        assert_eq!(a, b, "parameter {i}");
     }
 }
 
