@@ -3,7 +3,7 @@
 //! images.
 //!
 //! Only f32 data with `groups = 1` takes this path ([`Geometry::of`]); anything else goes to
-//! burn-flex's own. Where [`direct`] applies, it runs instead of the im2col product.
+//! burn-flex's own. Where [`same`] or [`direct`] applies, it runs instead of the im2col product.
 
 use burn::backend::Flex;
 use burn::backend::ops::{ConvOptions, ModuleOps};
@@ -20,6 +20,8 @@ use super::FastConv2d;
 
 #[cfg(target_arch = "x86_64")]
 mod direct;
+#[cfg(target_arch = "x86_64")]
+mod same;
 
 type FlexTensor = FloatTensor<Flex>;
 
@@ -139,6 +141,10 @@ impl Geometry {
     /// weights `ws`, plus `bias` per output channel: per image, im2col into this thread's scratch
     /// and one product written straight into the `[N, C_out, H_out, W_out]` output.
     fn convolve(&self, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(same) = same::Same::of(self) {
+            return same.convolve(xs, ws, bias);
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(y) = direct::convolve(self, xs, ws, bias) {
             return y;

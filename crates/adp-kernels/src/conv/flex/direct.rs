@@ -1,6 +1,7 @@
 //! Direct convolution and weight gradient, without an im2col matrix: ResNet-20's 3×3 layers,
 //! stride 1 and 2, and the input gradient of each stride-1 one, which is a convolution too
-//! ([`Geometry::transposed`]).
+//! ([`Geometry::transposed`]). On AVX-512, the stride-1 convolutions whose output is as large as
+//! their input run in place instead ([`super::same`]); the weight gradients all run here.
 //!
 //! Each image is copied once, with its zero padding, into planes `W_p` wide. With stride 1
 //! (`W_p = W + k_w − 1` for a 3×3 layer with padding 1), output position `q = h·W_p + w` of
@@ -193,22 +194,6 @@ impl Plan {
         self.c_out.div_ceil(self.mo) * self.mo
     }
 
-    /// The weights `[C_out, C_in, k_h, k_w]` as tiles of `mo` output channels,
-    /// `[C_out / mo][C_in][tap][mo]`, the missing channels of the last tile zero.
-    fn pack(&self, ws: &[f32]) -> Vec<f32> {
-        let (taps, mo, blocks) = (self.taps.len(), self.mo, self.c_out.div_ceil(self.mo));
-        let mut packed = vec![0f32; blocks * self.c_in * taps * mo];
-        for (o, kernels) in ws.chunks_exact(self.c_in * taps).enumerate() {
-            let block = &mut packed[o / mo * self.c_in * taps * mo..];
-            for (c, kernel) in kernels.chunks_exact(taps).enumerate() {
-                for (t, &v) in kernel.iter().enumerate() {
-                    block[(c * taps + t) * mo + o % mo] = v;
-                }
-            }
-        }
-        packed
-    }
-
     /// Writes `y` `[C_out, H_out, W_out]` from the tiles' output `out` `[C_out rounded up,
     /// positions]`, dropping the positions past each row and adding `bias`.
     fn unpad(&self, out: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
@@ -231,6 +216,22 @@ impl Plan {
             );
         }
     }
+}
+
+/// The weights `[C_out, C_in, taps]` as tiles of `mo` output channels, `[C_out / mo][C_in][tap]
+/// [mo]`, the missing channels of the last tile zero.
+pub(super) fn pack(ws: &[f32], c_in: usize, c_out: usize, taps: usize, mo: usize) -> Vec<f32> {
+    let blocks = c_out.div_ceil(mo);
+    let mut packed = vec![0f32; blocks * c_in * taps * mo];
+    for (o, kernels) in ws.chunks_exact(c_in * taps).enumerate() {
+        let block = &mut packed[o / mo * c_in * taps * mo..];
+        for (c, kernel) in kernels.chunks_exact(taps).enumerate() {
+            for (t, &v) in kernel.iter().enumerate() {
+                block[(c * taps + t) * mo + o % mo] = v;
+            }
+        }
+    }
+    packed
 }
 
 /// One SIMD register of `N` f32 lanes.
@@ -599,7 +600,7 @@ fn convolve_with(
     ws: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let packed = plan.pack(ws);
+    let packed = pack(ws, plan.c_in, plan.c_out, plan.taps.len(), plan.mo);
     let rows = plan.rows();
     let image = plan.c_in * plan.in_h * plan.in_w;
     let output = plan.c_out * plan.h * plan.w;
@@ -872,30 +873,35 @@ mod tests {
         if kernels.is_empty() {
             eprintln!("no AVX2 or AVX-512 on this CPU: nothing to test");
         }
-        for kernel in kernels {
-            for (n, g) in cases.iter().enumerate() {
-                let x: Vec<f32> = crate::testing::values(g.batch * g.c_in * g.h * g.w, n as u64)
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect();
-                let w: Vec<f32> = crate::testing::values(g.c_out * g.k(), 50 + n as u64)
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect();
-                let bias: Vec<f32> = (0..g.c_out).map(|o| o as f32 / 7.0 - 0.5).collect();
-                let plan = Plan::of(g, kernel.lanes, kernel.mo)
-                    .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
-                let y = convolve_with(kernel, &plan, &x, &w, Some(&bias));
-                let want = definition(g, &x, &w, &bias);
+        let mut in_place = 0;
+        for (n, g) in cases.iter().enumerate() {
+            let x = floats(g.batch * g.c_in * g.h * g.w, n as u64);
+            let w = floats(g.c_out * g.k(), 50 + n as u64);
+            let bias: Vec<f32> = (0..g.c_out).map(|o| o as f32 / 7.0 - 0.5).collect();
+            let want = definition(g, &x, &w, &bias);
+            let check = |y: Vec<f32>, path: &str| {
                 assert_eq!(y.len(), want.len(), "case {n}");
                 for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
                     assert!(
                         (f64::from(a) - b).abs() <= 1e-6 * (1.0 + b.abs()) * g.k() as f64,
-                        "case {n}, {} lanes: y[{i}] = {a}, definition {b}",
-                        kernel.lanes
+                        "case {n}, {path}: y[{i}] = {a}, definition {b}"
                     );
                 }
+            };
+            for &kernel in &kernels {
+                let plan = Plan::of(g, kernel.lanes, kernel.mo)
+                    .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
+                let lanes = format!("{} lanes", kernel.lanes);
+                check(convolve_with(kernel, &plan, &x, &w, Some(&bias)), &lanes);
             }
+            if let Some(same) = super::super::same::Same::of(g) {
+                check(same.convolve(&x, &w, Some(&bias)), "in place");
+                in_place += 1;
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Every stride-1 case whose output is as large as its input.
+            assert_eq!(in_place, 11, "cases run in place");
         }
     }
 }

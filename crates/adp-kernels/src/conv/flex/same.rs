@@ -1,0 +1,231 @@
+//! Stride-1 convolutions whose output is as large as their input (ResNet-20's 3×3 layers with
+//! padding 1, and the input gradient of each, [`Geometry::transposed`]), read in place with
+//! masked AVX-512 loads: no padded copy, no computed-and-dropped positions.
+//!
+//! With the output as large as the input, output position `p = h·W + w` of kernel tap `(i, j)`
+//! reads input position `p + (i·d_h − top)·W + j·d_w − left` of the same plane, whenever that
+//! lands inside the image:
+//!
+//! ```text
+//! y[o][p] = b[o] + Σ_c Σ_(i,j) W[o][c][i][j] · x[c][p + (i·d_h − top)·W + j·d_w − left]
+//! ```
+//!
+//! Each tap is a shifted view of the image's own NCHW planes; the lanes that would read the
+//! zero padding (or the neighbouring row, or past the plane) are masked off, per 16 positions
+//! and tap ([`Same::masks`]), and a masked load reads nothing there. A register tile holds
+//! `MO` output channels × `NQ` vectors of 16 positions of one image, as in [`super::direct`],
+//! and its sums are stored straight into the NCHW output with the bias.
+//!
+//! Against [`super::direct`]'s padded planes (`W + k_w − 1` wide, rounded up to whole tiles
+//! per image), this computes no positions past the rows (`2/W` of the work for a 3×3 layer)
+//! and none past the image but its last vector, and it copies nothing in or out.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use crate::buffer::written;
+
+use super::Geometry;
+use super::direct::pack;
+
+/// Output channels of a register tile (8 × 2 vectors: 16 of the 32 registers accumulate).
+const MO: usize = 8;
+/// Vectors of 16 positions of a tile, and of a one-channel tile (for fewer than 4 output
+/// channels: the input gradient of a first layer on images of 1 to 3 channels).
+const NQ: usize = 2;
+const NQ_SINGLE: usize = 4;
+const LANES: usize = 16;
+
+/// The layout of one in-place convolution.
+pub(super) struct Same {
+    c_in: usize,
+    c_out: usize,
+    /// Positions per plane, `H · W`.
+    hw: usize,
+    /// Offset of each kernel tap in the plane, `(i·d_h − top)·W + j·d_w − left`, in the
+    /// weight's order.
+    taps: Vec<isize>,
+    /// `masks[v·taps + t]`: the lanes of vector `v` of a plane whose tap `t` lands inside the
+    /// image; zero for the vectors past the plane that round up the last tile.
+    masks: Vec<u16>,
+    /// Output channels per tile: [`MO`], or 1 for fewer than half of them (with [`NQ_SINGLE`]
+    /// vectors of positions instead of [`NQ`]).
+    mo: usize,
+    /// Tiles per plane.
+    tiles: usize,
+}
+
+impl Same {
+    /// The plan of `g`, or `None` where the output is not as large as the input, the stride is
+    /// not 1, or the CPU lacks AVX-512F.
+    pub(super) fn of(g: &Geometry) -> Option<Self> {
+        let same = g.stride == [1, 1] && g.out_h == g.h && g.out_w == g.w;
+        if !same || !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        let (mo, nq) = if g.c_out >= MO / 2 {
+            (MO, NQ)
+        } else {
+            (1, NQ_SINGLE)
+        };
+        let hw = g.h * g.w;
+        let tiles = hw.div_ceil(nq * LANES);
+        let shifts: Vec<(isize, isize)> = (0..g.kh)
+            .flat_map(|i| (0..g.kw).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let di = (i * g.dilation[0]) as isize - g.pad[0] as isize;
+                let dj = (j * g.dilation[1]) as isize - g.pad[1] as isize;
+                (di, dj)
+            })
+            .collect();
+        let inside = |p: usize, (di, dj): (isize, isize)| {
+            let (h, w) = ((p / g.w) as isize + di, (p % g.w) as isize + dj);
+            p < hw && (0..g.h as isize).contains(&h) && (0..g.w as isize).contains(&w)
+        };
+        let masks = (0..tiles * nq)
+            .flat_map(|v| shifts.iter().map(move |&s| (v, s)))
+            .map(|(v, s)| {
+                (0..LANES)
+                    .filter(|&l| inside(v * LANES + l, s))
+                    .fold(0u16, |m, l| m | 1 << l)
+            })
+            .collect();
+        Some(Self {
+            c_in: g.c_in,
+            c_out: g.c_out,
+            hw,
+            taps: shifts
+                .iter()
+                .map(|&(di, dj)| di * g.w as isize + dj)
+                .collect(),
+            masks,
+            mo,
+            tiles,
+        })
+    }
+
+    /// The convolution of the `[N, C_in, H, W]` images `xs` with the weights `ws`, plus `bias`:
+    /// `[N, C_out, H, W]`, in parallel over images.
+    pub(super) fn convolve(&self, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let packed = pack(ws, self.c_in, self.c_out, self.taps.len(), self.mo);
+        let bias: Vec<f32> = match bias {
+            Some(b) => b.to_vec(),
+            None => vec![0.0; self.c_out],
+        };
+        let (image, output) = (self.c_in * self.hw, self.c_out * self.hw);
+        assert_eq!(ws.len(), self.c_out * self.c_in * self.taps.len());
+        written(xs.len() / image * output, output, |b, y| {
+            let x = &xs[b * image..][..image];
+            // SAFETY: `of` checked that the CPU has AVX-512F.
+            unsafe { image_avx512(self, x, &packed, &bias, y) }
+        })
+    }
+}
+
+/// One register tile: output channels `o..o + MO` (block `w` of the packed weights, `[C_in]
+/// [tap][MO]`) at vectors `v0..v0 + NQ` of image `x`, stored with the bias into `y`'s planes.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `x` holds `C_in · H·W` values, `w` one packed block, `y` the image's
+/// `C_out · H·W` outputs, and `v0 + NQ ≤ tiles · nq`.
+#[inline(always)]
+unsafe fn tile<const MO: usize, const NQ: usize>(
+    s: &Same,
+    x: &[f32],
+    w: &[f32],
+    (o, v0): (usize, usize),
+    bias: &[f32],
+    y: &mut [MaybeUninit<f32>],
+) {
+    let taps = s.taps.len();
+    assert!(w.len() >= s.c_in * taps * MO && (v0 + NQ) * taps <= s.masks.len());
+    let mut acc = [[unsafe { _mm512_setzero_ps() }; NQ]; MO];
+    let masks = &s.masks[v0 * taps..];
+    let mut wp = w.as_ptr();
+    for c in 0..s.c_in {
+        // Pointers may point outside `x` (by at most one plane); a masked load reads only its
+        // lanes inside the image.
+        let plane = x.as_ptr().wrapping_add(c * s.hw + v0 * LANES);
+        for (t, &d) in s.taps.iter().enumerate() {
+            let mut xv = [unsafe { _mm512_setzero_ps() }; NQ];
+            for (v, xv) in xv.iter_mut().enumerate() {
+                let at = plane.wrapping_offset(d + (v * LANES) as isize);
+                // SAFETY: the mask's lanes lie inside channel `c` of `x` (`Same::masks`).
+                *xv = unsafe { _mm512_maskz_loadu_ps(masks[v * taps + t], at) };
+            }
+            for row in acc.iter_mut() {
+                // SAFETY: the block holds `MO` weights per channel and tap (asserted above).
+                let wv = unsafe { _mm512_set1_ps(*wp) };
+                for (a, &x) in row.iter_mut().zip(&xv) {
+                    *a = unsafe { _mm512_fmadd_ps(wv, x, *a) };
+                }
+                wp = unsafe { wp.add(1) };
+            }
+        }
+    }
+    for (m, row) in acc.iter().enumerate().take(s.c_out - o) {
+        let b = unsafe { _mm512_set1_ps(bias[o + m]) };
+        for (v, a) in row.iter().enumerate() {
+            let first = (v0 + v) * LANES;
+            if first >= s.hw {
+                break;
+            }
+            let lanes = (s.hw - first).min(LANES);
+            let at = &mut y[(o + m) * s.hw + first..][..lanes];
+            // SAFETY: the mask covers the `lanes` values of `at`.
+            unsafe {
+                _mm512_mask_storeu_ps(
+                    at.as_mut_ptr().cast(),
+                    (u32::MAX >> (32 - lanes)) as u16,
+                    _mm512_add_ps(*a, b),
+                )
+            };
+        }
+    }
+}
+
+/// Every tile of one image, writing all of `y`.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn image_avx512(
+    s: &Same,
+    x: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    y: &mut [MaybeUninit<f32>],
+) {
+    unsafe {
+        match s.mo {
+            1 => image::<1, NQ_SINGLE>(s, x, packed, bias, y),
+            _ => image::<MO, NQ>(s, x, packed, bias, y),
+        }
+    }
+}
+
+/// [`image_avx512`] with `MO`-channel tiles of `NQ` vectors.
+///
+/// # Safety
+///
+/// As [`tile`].
+#[inline(always)]
+unsafe fn image<const MO: usize, const NQ: usize>(
+    s: &Same,
+    x: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    y: &mut [MaybeUninit<f32>],
+) {
+    assert!(x.len() == s.c_in * s.hw && y.len() == s.c_out * s.hw && bias.len() == s.c_out);
+    let block = s.c_in * s.taps.len() * MO;
+    // Every block of output channels of a tile before the next tile: the tile's input rows are
+    // read from the cache once.
+    for t in 0..s.tiles {
+        for (b, w) in packed.chunks_exact(block).enumerate() {
+            unsafe { tile::<MO, NQ>(s, x, w, (b * MO, t * NQ), bias, y) };
+        }
+    }
+}
