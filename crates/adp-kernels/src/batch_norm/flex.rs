@@ -55,20 +55,41 @@ impl<'a> Planes<'a> {
     }
 }
 
-/// Per-channel `Σ f(x, y) / count` over all planes.
-fn channel_means(x: &Planes, y: &Planes, f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f64> {
-    let count = x.count() as f64;
+/// Per channel, the mean and the (biased) variance over all planes, in one pass over memory:
+/// each plane, once in cache, is summed, then its squared deviations from its own mean `c`
+/// (rounded to f32) are summed, and the planes combine exactly in f64 (Chan et al.):
+///
+/// ```text
+/// Σ (x − μ)² = Σ_planes [ Σ (x − c)² + 2 (c − μ) Σ (x − c) + n (c − μ)² ]
+/// ```
+///
+/// Sums run in 8 f32 lanes within a plane and in f64 across planes, as everywhere here.
+fn channel_moments(x: &Planes) -> (Vec<f64>, Vec<f64>) {
+    let (count, n) = (x.count() as f64, x.plane as f64);
     (0..x.channels)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = x
+            let planes: Vec<(f64, f64)> = x
                 .channel(c)
-                .zip(y.channel(c))
-                .map(|(a, b)| lane_sum(a, b, |p, q| f(c, p, q)))
+                .map(|plane| {
+                    let sum = lane_sum(plane, plane, |a, _| a);
+                    let centre = (sum / n) as f32;
+                    let squares = lane_sum(plane, plane, |a, _| (a - centre) * (a - centre));
+                    (sum, squares)
+                })
+                .collect();
+            let mean = planes.iter().map(|&(sum, _)| sum).sum::<f64>() / count;
+            let deviations: f64 = planes
+                .iter()
+                .map(|&(sum, squares)| {
+                    let centre = f64::from((sum / n) as f32);
+                    let d = centre - mean;
+                    squares + 2.0 * d * (sum - n * centre) + n * d * d
+                })
                 .sum();
-            sum / count
+            (mean, deviations / count)
         })
-        .collect()
+        .unzip()
 }
 
 /// A new `shape`d tensor, shaped like `x`, whose plane `i` (channel `c = i % C`) is written by
@@ -102,7 +123,7 @@ fn through_relu<R>(g: &[f32], y: Option<&[f32]>, f: impl FnOnce(&[f32]) -> R) ->
 
 /// Per channel, `mean(g)` and `mean(g · x̂)` with `x̂ = (x − μ) / σ`, `g` taken through the
 /// fused ReLU where `y` is given: one pass over the activation, each plane summed as
-/// [`channel_means`] sums it.
+/// [`channel_moments`] sums it.
 fn gradient_means(
     x: &Planes,
     g: &Planes,
@@ -221,7 +242,7 @@ impl FusedBatchNorm for Flex {
 }
 
 /// The training-mode forward, `bn(x)`, plus `residual` if given, then through the ReLU if
-/// `relu`: three passes over the activation (mean, variance, output).
+/// `relu`: two passes over the activation (both moments, then the output).
 fn forward(
     x: FlexTensor,
     gamma: FlexTensor,
@@ -242,9 +263,8 @@ fn forward(
     let shape = x.layout().shape().to_vec();
     let p = Planes::new(&x);
     let pr = residual.as_ref().map(Planes::new);
-    let mean = channel_means(&p, &p, |_, a, _| a);
+    let (mean, variance) = channel_moments(&p);
     let mean32 = to_f32(&mean);
-    let variance = channel_means(&p, &p, |c, a, _| (a - mean32[c]) * (a - mean32[c]));
     let (gamma, beta) = (read(&gamma), read(&beta));
     let scale: Vec<f32> = (0..p.channels)
         .map(|c| (gamma[c] as f64 / (variance[c] + epsilon).sqrt()) as f32)

@@ -11,8 +11,8 @@
 //! ∂L/∂γ = Σ g · x̂,   ∂L/∂β = Σ g
 //! ```
 //!
-//! as a burn backend extension ([`FusedBatchNorm`]): a native kernel on `flex` (three passes over
-//! the activation forward, three backward), libtorch's own `native_batch_norm` on `tch`, burn's
+//! as a burn backend extension ([`FusedBatchNorm`]): a native kernel on `flex` (two passes over
+//! the activation forward, two backward), libtorch's own `native_batch_norm` on `tch`, burn's
 //! composite elsewhere, and a hand-written backward on the autodiff backend. In evaluation mode the
 //! running statistics are folded into one per-channel scale and shift, `x · scale + shift`, one
 //! pass on `flex` ([`FusedBatchNorm::fused_affine`]), with its own autodiff node (attacks
