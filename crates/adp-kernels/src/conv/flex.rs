@@ -455,7 +455,8 @@ impl FastConv2d for Flex {
     }
 
     /// Per output channel, the sum of its `H_out × W_out` planes over the images, image by image,
-    /// in f64 (burn's generic version transposes the whole output gradient first).
+    /// in f64, the channels in parallel (burn's generic version transposes the whole output
+    /// gradient first).
     fn fast_conv2d_bias_backward(
         x: FlexTensor,
         bias: FlexTensor,
@@ -471,12 +472,15 @@ impl FastConv2d for Flex {
             return <Flex as ModuleOps<Flex>>::conv2d_bias_backward(x, bias, output_grad);
         }
         let dy = output_grad.to_contiguous();
-        let (planes, c_out) = (slice(&dy).chunks_exact(shape[2] * shape[3]), shape[1]);
-        let mut db = vec![0f64; c_out];
-        for (o, plane) in (0..c_out).cycle().zip(planes) {
-            db[o] += lane_sum(plane, plane, |g, _| g);
-        }
-        let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
+        let (dy, c_out, plane) = (slice(&dy), shape[1], shape[2] * shape[3]);
+        // In parallel over channels; each channel's planes are summed in the images' order.
+        let db: Vec<f32> = (0..c_out)
+            .into_par_iter()
+            .map(|o| {
+                let planes = dy.chunks_exact(plane).skip(o).step_by(c_out);
+                planes.map(|p| lane_sum(p, p, |g, _| g)).sum::<f64>() as f32
+            })
+            .collect();
         FlexTensor::from_data(TensorData::new(db, [c_out]))
     }
 

@@ -78,18 +78,20 @@ impl Same {
                 (di, dj)
             })
             .collect();
-        let inside = |p: usize, (di, dj): (isize, isize)| {
-            let (h, w) = ((p / g.w) as isize + di, (p % g.w) as isize + dj);
-            p < hw && (0..g.h as isize).contains(&h) && (0..g.w as isize).contains(&w)
+        // Tap `t` reads inside the image at rows `h` with `0 ≤ h + di < H` and columns `w` with
+        // `0 ≤ w + dj < W`: set those positions' bits, row by row.
+        let taps = shifts.len();
+        let mut masks = vec![0u16; tiles * nq * taps];
+        let within = |d: isize, size: usize| {
+            (-d).max(0) as usize..(size as isize - d).clamp(0, size as isize) as usize
         };
-        let masks = (0..tiles * nq)
-            .flat_map(|v| shifts.iter().map(move |&s| (v, s)))
-            .map(|(v, s)| {
-                (0..LANES)
-                    .filter(|&l| inside(v * LANES + l, s))
-                    .fold(0u16, |m, l| m | 1 << l)
-            })
-            .collect();
+        for (t, &(di, dj)) in shifts.iter().enumerate() {
+            for h in within(di, g.h) {
+                for p in within(dj, g.w).map(|w| h * g.w + w) {
+                    masks[p / LANES * taps + t] |= 1 << (p % LANES);
+                }
+            }
+        }
         Some(Self {
             c_in: g.c_in,
             c_out: g.c_out,
