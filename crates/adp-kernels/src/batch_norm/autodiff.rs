@@ -51,15 +51,14 @@ impl<B: FusedBatchNorm> Backward<B, 4> for BatchNormAddReluOp {
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
         let output_grad = grads.consume::<B>(&ops.node);
-        let output = ops.state.5.clone().expect("the fused ReLU's output");
-        // The shortcut's gradient is the output gradient through the ReLU.
-        let residual = B::relu_backward(output, output_grad.clone());
-        let g = batch_norm_grads::<B>(ops.state, output_grad, ckpt);
-        for (node, grad) in ops
-            .parents
-            .into_iter()
-            .zip([g.x, g.gamma, g.beta, residual])
-        {
+        let (x, gamma, mean, variance, epsilon, output) = ops.state;
+        let output = output.expect("the fused ReLU's output");
+        // The output gradient through the ReLU, masked once: the shortcut's gradient, and the
+        // batch norm's own output gradient.
+        let masked = B::fused_relu_backward(output, output_grad);
+        let state = (x, gamma, mean, variance, epsilon, None);
+        let g = batch_norm_grads::<B>(state, masked.clone(), ckpt);
+        for (node, grad) in ops.parents.into_iter().zip([g.x, g.gamma, g.beta, masked]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
             }

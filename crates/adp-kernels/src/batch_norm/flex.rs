@@ -239,6 +239,28 @@ impl FusedBatchNorm for Flex {
     ) -> BatchNormGrads<Self> {
         backward(x, gamma, mean, variance, epsilon, Some(output), output_grad)
     }
+
+    fn fused_relu_backward(output: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+        relu_backward(output, output_grad)
+    }
+}
+
+/// burn's `relu_backward` (`g` where `y > 0`, zero elsewhere), in parallel over planes where
+/// the kernel applies.
+fn relu_backward(y: FlexTensor, g: FlexTensor) -> FlexTensor {
+    if !native(&y) || !like(&g, &y) {
+        return <Flex as ActivationOps<Flex>>::relu_backward(y, g);
+    }
+    let (y, g) = (y.to_contiguous(), g.to_contiguous());
+    let shape = y.layout().shape().to_vec();
+    let (py, pg) = (Planes::new(&y), Planes::new(&g));
+    map_planes(&py, shape, |i, _, o| {
+        let (y, g) = (py.plane_at(i), pg.plane_at(i));
+        vectorised(
+            #[inline(always)]
+            || write(o, g, y, |g, y| if y <= 0.0 { 0.0 } else { g }),
+        )
+    })
 }
 
 /// The training-mode forward, `bn(x)`, plus `residual` if given, then through the ReLU if

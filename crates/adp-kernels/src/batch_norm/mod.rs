@@ -173,6 +173,17 @@ pub trait FusedBatchNorm: Backend {
         let output_grad = Self::relu_backward(output, output_grad);
         Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad).into()
     }
+
+    /// The gradient through the ReLU of [`fused_batch_norm_add_relu_train`](
+    /// Self::fused_batch_norm_add_relu_train), given its `output`: `output_grad` where the output
+    /// is `> 0`, zero elsewhere (burn's `relu_backward`). It is the shortcut's gradient and the
+    /// batch norm's output gradient.
+    fn fused_relu_backward(
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::relu_backward(output, output_grad)
+    }
 }
 
 /// `[C]` shaped to broadcast against the `[N, C, ...]` tensor `x`: `[1, C, 1, ...]`.
