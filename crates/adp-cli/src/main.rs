@@ -138,9 +138,11 @@ fn main() -> ExitCode {
     }
     adp::progress::install(StderrProgress);
     let matches = Cli::command().get_matches();
+    // The command runs on a thread of rayon's pool, where the kernels' parallel loops start
+    // without a round trip through the scheduler (`adp::threads`).
     let result = Cli::from_arg_matches(&matches)
         .map_err(anyhow::Error::from)
-        .and_then(|cli| run(cli, &matches));
+        .and_then(|cli| adp::threads::run_in_pool(|| run(cli, &matches)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

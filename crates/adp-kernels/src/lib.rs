@@ -10,7 +10,8 @@
 //! differences where it is smooth), in values and in every gradient (`cargo test -p
 //! adp-kernels`). [`denormals`] flushes subnormal floats to zero in the CPU threads, which
 //! saturated softmaxes otherwise fill backward passes with at 50 to 100 times the cost;
-//! [`malloc`] keeps freed memory in the process for the next step.
+//! [`malloc`] keeps freed memory in the process for the next step; [`threads`] runs a program's
+//! own work on a thread of rayon's pool, where the kernels' parallel loops start at once.
 
 pub mod batch_norm;
 #[cfg(feature = "flex")]
@@ -22,6 +23,7 @@ mod lanes;
 pub mod malloc;
 pub mod pool;
 pub mod testing;
+pub mod threads;
 
 use burn::prelude::Device;
 

@@ -41,6 +41,7 @@ pub mod bench;
 pub mod data;
 pub use adp_kernels::denormals;
 pub use adp_kernels::malloc;
+pub use adp_kernels::threads;
 pub mod device;
 pub mod eval;
 pub mod interop;
