@@ -383,6 +383,32 @@ fn matmul(
 /// Images per partial sum of the weight gradient.
 const WEIGHT_GRAD_CHUNK: usize = 8;
 
+/// `Σ_b f(x_b, ∂y_b)` over the images `xs` (`image` values each) and output gradients `dys`
+/// (`grad` values each), in fixed chunks of [`WEIGHT_GRAD_CHUNK`] images: `f` adds the images of
+/// one chunk, in order, into `len` zeros, and the chunks' sums are added in order. The result does
+/// not depend on how the threads share the work, so runs stay bit-reproducible.
+fn sum_over_chunks(
+    (xs, image): (&[f32], usize),
+    (dys, grad): (&[f32], usize),
+    len: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = xs
+        .par_chunks(image * WEIGHT_GRAD_CHUNK)
+        .zip(dys.par_chunks(grad * WEIGHT_GRAD_CHUNK))
+        .map(|(xc, dyc)| {
+            let mut sum = vec![0f32; len];
+            f(xc, dyc, &mut sum);
+            sum
+        })
+        .collect();
+    let mut sum = vec![0f32; len];
+    for partial in &partials {
+        sum.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
 /// Threads inside each product: none when the images already keep every thread busy.
 fn inner_parallelism(batch: usize) -> Parallelism {
     if batch >= rayon::current_num_threads() {
@@ -501,41 +527,35 @@ impl FastConv2d for Flex {
         };
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let (xs, dys) = (slice(&x), slice(&dy));
+        // The direct tiles first: on layers of 8 or more input channels they are 1.3-1.6× faster
+        // than the in-place ones, which win where the direct ones decline (the first layer).
         #[cfg(target_arch = "x86_64")]
         if let Some(dw) = direct::weight_grad(&g, xs, dys) {
             return tensor(dw, [g.c_out, g.c_in, g.kh, g.kw]);
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(dw) = same::Same::of(&g).and_then(|s| s.weight_grad(xs, dys)) {
+            return tensor(dw, [g.c_out, g.c_in, g.kh, g.kw]);
+        }
         let (k, p) = (g.k(), g.p());
         let parallelism = inner_parallelism(g.batch);
-        // Fixed chunks of images, each summed in order, then the chunks' sums in order: the
-        // result does not depend on how the threads share the work, so runs are reproducible.
         let (image, grad) = (g.c_in * g.h * g.w, g.c_out * p);
-        let partials: Vec<Vec<f32>> = xs
-            .par_chunks(image * WEIGHT_GRAD_CHUNK)
-            .zip(dys.par_chunks(grad * WEIGHT_GRAD_CHUNK))
-            .map(|(xc, dyc)| {
-                let mut dw = vec![0f32; g.c_out * k];
-                with_scratch(k * p, |col| {
-                    for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
-                        g.im2col(x, col);
-                        matmul(
-                            Dst::Accumulate(&mut dw),
-                            (g.c_out, p, k),
-                            dy,
-                            (p, 1),
-                            col,
-                            (1, p),
-                            parallelism,
-                        );
-                    }
-                });
-                dw
-            })
-            .collect();
-        let mut dw = vec![0f32; g.c_out * k];
-        for partial in &partials {
-            dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-        }
+        let dw = sum_over_chunks((xs, image), (dys, grad), g.c_out * k, |xc, dyc, dw| {
+            with_scratch(k * p, |col| {
+                for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
+                    g.im2col(x, col);
+                    matmul(
+                        Dst::Accumulate(dw),
+                        (g.c_out, p, k),
+                        dy,
+                        (p, 1),
+                        col,
+                        (1, p),
+                        parallelism,
+                    );
+                }
+            });
+        });
         tensor(dw, [g.c_out, g.c_in, g.kh, g.kw])
     }
 }

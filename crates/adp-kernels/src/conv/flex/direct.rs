@@ -31,12 +31,10 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use crate::buffer::{with_scratch, written};
 use crate::lanes::vectorised;
 
-use super::{Geometry, WEIGHT_GRAD_CHUNK};
+use super::{Geometry, sum_over_chunks};
 
 /// Output channels of a register tile, for AVX-512 (32 registers) and AVX2 (16 registers).
 const MO_512: usize = 8;
@@ -618,7 +616,7 @@ fn convolve_with(
 
 /// `∂L/∂W` of `g` `[C_out, C_in, k_h, k_w]` given the images `xs` and the output gradient `dys`,
 /// computed directly, or `None` where the geometry or the CPU does not allow it. The images are
-/// summed in fixed chunks of [`WEIGHT_GRAD_CHUNK`], then the chunks in order, as on the im2col
+/// summed in fixed chunks of [`super::WEIGHT_GRAD_CHUNK`], then the chunks in order, as on the im2col
 /// path: the result does not depend on the number of threads.
 pub(super) fn weight_grad(g: &Geometry, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
     let kernel = *kernels().first()?;
@@ -656,26 +654,16 @@ fn weight_grad_with(kernel: Kernel, plan: &Plan, xs: &[f32], dys: &[f32]) -> Opt
     let size = gp.rows() * c_out;
     let (hw, padded) = (plan.h * plan.w, plan.c_in * plan.plane);
     let (image, grad) = (plan.c_in * plan.in_h * plan.in_w, c_out * hw);
-    let partials: Vec<Vec<f32>> = xs
-        .par_chunks(image * WEIGHT_GRAD_CHUNK)
-        .zip(dys.par_chunks(grad * WEIGHT_GRAD_CHUNK))
-        .map(|(xc, dyc)| {
-            let mut dwt = vec![0f32; size];
-            with_scratch(padded + grad, |scratch| {
-                let (xp, dyt) = scratch.split_at_mut(padded);
-                for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
-                    plan.pad(x, xp);
-                    transpose(dy, hw, dyt);
-                    (kernel.grad)(&gp, xp, dyt, &mut dwt);
-                }
-            });
-            dwt
-        })
-        .collect();
-    let mut dwt = vec![0f32; size];
-    for partial in &partials {
-        dwt.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-    }
+    let dwt = sum_over_chunks((xs, image), (dys, grad), size, |xc, dyc, dwt| {
+        with_scratch(padded + grad, |scratch| {
+            let (xp, dyt) = scratch.split_at_mut(padded);
+            for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
+                plan.pad(x, xp);
+                transpose(dy, hw, dyt);
+                (kernel.grad)(&gp, xp, dyt, dwt);
+            }
+        });
+    });
     // `∂Wᵀ [rows, C_out]` back to `[C_out, C_in · taps]`.
     Some((0..c_out * k).map(|i| dwt[i % k * c_out + i / k]).collect())
 }
@@ -696,6 +684,7 @@ fn transpose(dy: &[f32], hw: usize, dyt: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::WEIGHT_GRAD_CHUNK;
     use super::*;
 
     /// A stride-1 geometry with the output as large as the input.
@@ -812,7 +801,8 @@ mod tests {
 
     /// The weight gradient of each tile this CPU has against the f64 definition, over batches
     /// of one chunk of images and of more than one (a partial last chunk), with 1 to 4 vectors
-    /// of output channels per tile and rows that leave the last tile part empty.
+    /// of output channels per tile and rows that leave the last tile part empty; and the same
+    /// read in place where it applies.
     #[test]
     fn direct_weight_gradient_matches_the_definition() {
         let cases = [
@@ -822,28 +812,42 @@ mod tests {
             same([2, 7, 5, 6], 32, [1, 1], [0, 0]),
             same([1, 8, 4, 3], 16, [5, 5], [2, 2]),
             same([2, 3, 6, 5], 32, [2, 3], [1, 0]),
+            same([1, 3, 4, 3], 16, [5, 5], [2, 2]),
+            strided([1, 6, 7, 8], 16, [3, 3], [1, 1], [2, 2], [2, 2, 2, 2]),
             strided([2, 16, 28, 28], 32, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
             strided([1, 8, 10, 9], 32, [3, 3], [2, 3], [1, 2], [2, 0, 1, 3]),
         ];
-        for kernel in kernels() {
-            for (n, g) in cases.iter().enumerate() {
-                let x = floats(g.batch * g.c_in * g.h * g.w, n as u64);
-                let dy = floats(g.batch * g.c_out * g.out_h * g.out_w, 70 + n as u64);
+        let mut in_place = 0;
+        for (n, g) in cases.iter().enumerate() {
+            let x = floats(g.batch * g.c_in * g.h * g.w, n as u64);
+            let dy = floats(g.batch * g.c_out * g.out_h * g.out_w, 70 + n as u64);
+            let want = weight_definition(g, &x, &dy);
+            let terms = (g.batch * g.h * g.w) as f64;
+            let check = |dw: Vec<f32>, path: &str| {
+                assert_eq!(dw.len(), want.len(), "case {n}");
+                for (i, (&a, &b)) in dw.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() <= 1e-6 * (1.0 + b.abs()) * terms,
+                        "case {n}, {path}: dW[{i}] = {a}, definition {b}"
+                    );
+                }
+            };
+            for kernel in kernels() {
                 let plan = Plan::of(g, kernel.lanes, kernel.mo)
                     .unwrap_or_else(|| panic!("case {n}: no plan"));
                 let dw = weight_grad_with(kernel, &plan, &x, &dy)
                     .unwrap_or_else(|| panic!("case {n}: the direct path declined"));
-                let want = weight_definition(g, &x, &dy);
-                assert_eq!(dw.len(), want.len(), "case {n}");
-                let terms = (g.batch * g.h * g.w) as f64;
-                for (i, (&a, &b)) in dw.iter().zip(&want).enumerate() {
-                    assert!(
-                        (f64::from(a) - b).abs() <= 1e-6 * (1.0 + b.abs()) * terms,
-                        "case {n}, {} lanes: dW[{i}] = {a}, definition {b}",
-                        kernel.lanes
-                    );
-                }
+                check(dw, &format!("{} lanes", kernel.lanes));
             }
+            let same = super::super::same::Same::of(g);
+            if let Some(dw) = same.and_then(|s| s.weight_grad(&x, &dy)) {
+                check(dw, "in place");
+                in_place += 1;
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // The stride-1 same-size cases with `C_out` a multiple of 4 and `C_in · taps` of 3.
+            assert_eq!(in_place, 6, "cases run in place");
         }
     }
 

@@ -25,8 +25,8 @@ use std::mem::MaybeUninit;
 
 use crate::buffer::written;
 
-use super::Geometry;
 use super::direct::pack;
+use super::{Geometry, sum_over_chunks};
 
 /// Output channels of a register tile (8 × 2 vectors: 16 of the 32 registers accumulate).
 const MO: usize = 8;
@@ -35,6 +35,9 @@ const MO: usize = 8;
 const NQ: usize = 2;
 const NQ_SINGLE: usize = 4;
 const LANES: usize = 16;
+/// Output channels of a weight-gradient tile, with `R` = 6 or 3 rows (input channel, tap): 24 or
+/// 12 accumulators.
+const GRAD_MO: usize = 4;
 
 /// The layout of one in-place convolution.
 pub(super) struct Same {
@@ -121,6 +124,119 @@ impl Same {
             // SAFETY: `of` checked that the CPU has AVX-512F.
             unsafe { image_avx512(self, x, &packed, &bias, y) }
         })
+    }
+}
+
+impl Same {
+    /// `∂L/∂W` `[C_out, C_in, k_h, k_w]` from the images `xs` and the output gradient `dys`,
+    /// both read in place, or `None` where `C_out` is not a multiple of [`GRAD_MO`] or
+    /// `C_in · taps` of 3:
+    ///
+    /// ```text
+    /// ∂W[o][c][t] = Σ_image Σ_p ∂y[o][p] · x[c][p + offset(t)]   (p and p + offset(t) inside the image)
+    /// ```
+    ///
+    /// The images are summed in fixed chunks ([`sum_over_chunks`]), so the result does not
+    /// depend on the number of threads.
+    pub(super) fn weight_grad(&self, xs: &[f32], dys: &[f32]) -> Option<Vec<f32>> {
+        let rows = self.c_in * self.taps.len();
+        if !self.c_out.is_multiple_of(GRAD_MO) || !rows.is_multiple_of(3) {
+            return None;
+        }
+        let (image, grad) = (self.c_in * self.hw, self.c_out * self.hw);
+        let len = self.c_out * rows;
+        Some(sum_over_chunks(
+            (xs, image),
+            (dys, grad),
+            len,
+            |xc, dyc, dw| {
+                // SAFETY: `of` checked that the CPU has AVX-512F.
+                unsafe { grad_avx512(self, xc, dyc, dw) }
+            },
+        ))
+    }
+}
+
+/// [`grad_chunk`] with 6 rows per tile where they divide `C_in · taps`, else 3.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_avx512(s: &Same, xc: &[f32], dyc: &[f32], dw: &mut [f32]) {
+    unsafe {
+        if (s.c_in * s.taps.len()).is_multiple_of(6) {
+            grad_chunk::<6>(s, xc, dyc, dw)
+        } else {
+            grad_chunk::<3>(s, xc, dyc, dw)
+        }
+    }
+}
+
+/// Adds the weight gradient of a chunk of images to `dw` `[C_out, C_in · taps]`. A tile holds
+/// [`GRAD_MO`] output channels × `R` rows (input channel, tap) as 16-lane sums over the positions
+/// of all the chunk's images: per vector of positions, `GRAD_MO` loads of the output gradient and
+/// `R` masked loads of the shifted input. Each sum is reduced across its lanes once per chunk.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `GRAD_MO` divides `C_out` and `R` divides `C_in · taps`.
+#[inline(always)]
+unsafe fn grad_chunk<const R: usize>(s: &Same, xc: &[f32], dyc: &[f32], dw: &mut [f32]) {
+    let (taps, hw) = (s.taps.len(), s.hw);
+    let rows = s.c_in * taps;
+    let (image, grad) = (s.c_in * hw, s.c_out * hw);
+    let images = xc.len() / image;
+    let vectors = hw.div_ceil(LANES);
+    assert!(xc.len() == images * image && dyc.len() == images * grad);
+    assert!(dw.len() == s.c_out * rows && s.masks.len() >= vectors * taps);
+    assert!(s.c_out.is_multiple_of(GRAD_MO) && rows.is_multiple_of(R));
+    // The lanes of each vector inside the plane.
+    let tail: Vec<u16> = (0..vectors)
+        .map(|v| (u32::MAX >> (32 - (hw - v * LANES).min(LANES))) as u16)
+        .collect();
+    for o in (0..s.c_out).step_by(GRAD_MO) {
+        for r in (0..rows).step_by(R) {
+            // Row `r + j` reads input channel `(r + j) / taps` at tap `(r + j) % taps`: its offset
+            // in an image, and its masks (`taps` apart, one per vector).
+            let (offset, masks): ([isize; R], [*const u16; R]) = {
+                let row = |j: usize| ((r + j) / taps, (r + j) % taps);
+                let offset = |(c, t): (usize, usize)| (c * hw) as isize + s.taps[t];
+                (
+                    std::array::from_fn(|j| offset(row(j))),
+                    std::array::from_fn(|j| s.masks[row(j).1..].as_ptr()),
+                )
+            };
+            let mut acc = [[unsafe { _mm512_setzero_ps() }; R]; GRAD_MO];
+            for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
+                let rows: [*const f32; R] =
+                    std::array::from_fn(|j| x.as_ptr().wrapping_offset(offset[j]));
+                let dy = dy[o * hw..].as_ptr();
+                for (v, &tail) in tail.iter().enumerate() {
+                    let at = v * LANES;
+                    // SAFETY: the tail mask keeps the loads inside channel `o + m`'s plane.
+                    let g: [__m512; GRAD_MO] = std::array::from_fn(|m| unsafe {
+                        _mm512_maskz_loadu_ps(tail, dy.wrapping_add(m * hw + at))
+                    });
+                    for j in 0..R {
+                        // SAFETY: `masks[v · taps + t]` exists (asserted above), and its lanes
+                        // lie inside channel `c` of `x` (`Same::masks`).
+                        let xv = unsafe {
+                            let mask = *masks[j].add(v * taps);
+                            _mm512_maskz_loadu_ps(mask, rows[j].wrapping_add(at))
+                        };
+                        for (a, &g) in acc.iter_mut().zip(&g) {
+                            a[j] = unsafe { _mm512_fmadd_ps(g, xv, a[j]) };
+                        }
+                    }
+                }
+            }
+            for (m, sums) in acc.iter().enumerate() {
+                for (j, &sum) in sums.iter().enumerate() {
+                    dw[(o + m) * rows + r + j] += unsafe { _mm512_reduce_add_ps(sum) };
+                }
+            }
+        }
     }
 }
 
