@@ -166,11 +166,16 @@ fn affine_grads<B: FusedBatchNorm>(
     ckpt: &mut Checkpointer,
 ) -> [Option<FloatTensor<B>>; 4] {
     let (x_id, scale, output) = state;
-    let g = match output {
-        Some(y) => B::relu_backward(y, output_grad),
-        None => output_grad,
+    let (dx, g) = match output {
+        Some(y) => {
+            let grads = B::fused_affine_relu_backward(y, output_grad, scale);
+            (grads.x, grads.masked)
+        }
+        None => {
+            let scale = super::per_channel::<B>(scale, &output_grad);
+            (B::float_mul(output_grad.clone(), scale), output_grad)
+        }
     };
-    let dx = B::float_mul(g.clone(), super::per_channel::<B>(scale, &g));
     if !params {
         return [Some(dx), None, None, Some(g)];
     }

@@ -5,7 +5,7 @@
 //! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
 
 use burn::backend::Flex;
-use burn::backend::ops::{ActivationOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 use crate::buffer::{with_scratch, written};
 use crate::lanes::{lane_sum, relu, vectorised};
 
-use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
+use super::{AffineGrads, BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
 type FlexTensor = FloatTensor<Flex>;
 
@@ -242,6 +242,30 @@ impl FusedBatchNorm for Flex {
 
     fn fused_relu_backward(output: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
         relu_backward(output, output_grad)
+    }
+
+    fn fused_affine_relu_backward(
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        scale: FlexTensor,
+    ) -> AffineGrads<Self> {
+        let masked = relu_backward(output, output_grad);
+        if !native(&masked) || !per_channel(&masked, &[&scale]) {
+            let scale = super::per_channel::<Flex>(scale, &masked);
+            let x = <Flex as FloatTensorOps<Flex>>::float_mul(masked.clone(), scale);
+            return AffineGrads { x, masked };
+        }
+        let masked = masked.to_contiguous();
+        let (shape, scale) = (masked.layout().shape().to_vec(), read(&scale));
+        let g = Planes::new(&masked);
+        let x = map_planes(&g, shape, |i, c, o| {
+            let (g, s) = (g.plane_at(i), scale[c]);
+            vectorised(
+                #[inline(always)]
+                || write(o, g, g, |g, _| g * s),
+            )
+        });
+        AffineGrads { x, masked }
     }
 }
 

@@ -64,6 +64,16 @@ pub struct BatchNormGrads<B: Backend> {
     pub beta: FloatTensor<B>,
 }
 
+/// Gradients of the evaluation-mode forward with its ReLU,
+/// [`fused_affine`](FusedBatchNorm::fused_affine) with `relu`.
+#[derive(ExtensionType)]
+pub struct AffineGrads<B: Backend> {
+    /// `∂L/∂x = g · scale`, per channel.
+    pub x: FloatTensor<B>,
+    /// `g`, the output gradient through the ReLU: the gradient of `x · scale + shift`.
+    pub masked: FloatTensor<B>,
+}
+
 impl<B: Backend> From<BatchNormTrain<B>> for BatchNormOutput<B> {
     fn from(out: BatchNormTrain<B>) -> Self {
         Self {
@@ -183,6 +193,22 @@ pub trait FusedBatchNorm: Backend {
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         Self::relu_backward(output, output_grad)
+    }
+
+    /// The gradients of [`fused_affine`](Self::fused_affine) with its ReLU (or of
+    /// [`fused_affine_add_relu`](Self::fused_affine_add_relu)), given its `output` and the
+    /// gradient of that output: the gradient masked by the ReLU (burn's `relu_backward`), and
+    /// that times `scale` per channel, the input's gradient.
+    fn fused_affine_relu_backward(
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+    ) -> AffineGrads<Self> {
+        let masked = Self::relu_backward(output, output_grad);
+        AffineGrads {
+            x: Self::float_mul(masked.clone(), per_channel::<Self>(scale, &masked)),
+            masked,
+        }
     }
 }
 
