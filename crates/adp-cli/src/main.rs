@@ -136,13 +136,14 @@ fn main() -> ExitCode {
         // environment concurrently.
         unsafe { std::env::set_var("BURN_DEVICE", adp::device::CPU_BURN_DEVICE) };
     }
+    // This thread is one of rayon's, where the kernels' parallel loops start without a round
+    // trip through the scheduler (`adp::threads`).
+    adp::threads::join_global_pool();
     adp::progress::install(StderrProgress);
     let matches = Cli::command().get_matches();
-    // The command runs on a thread of rayon's pool, where the kernels' parallel loops start
-    // without a round trip through the scheduler (`adp::threads`).
     let result = Cli::from_arg_matches(&matches)
         .map_err(anyhow::Error::from)
-        .and_then(|cli| adp::threads::run_in_pool(|| run(cli, &matches)));
+        .and_then(|cli| run(cli, &matches));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

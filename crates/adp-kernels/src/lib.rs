@@ -10,8 +10,8 @@
 //! differences where it is smooth), in values and in every gradient (`cargo test -p
 //! adp-kernels`). [`denormals`] flushes subnormal floats to zero in the CPU threads, which
 //! saturated softmaxes otherwise fill backward passes with at 50 to 100 times the cost;
-//! [`malloc`] keeps freed memory in the process for the next step; [`threads`] runs a program's
-//! own work on a thread of rayon's pool, where the kernels' parallel loops start at once.
+//! [`malloc`] keeps freed memory in the process for the next step; [`threads`] makes a program's
+//! main thread one of rayon's, where the kernels' parallel loops start at once.
 
 pub mod batch_norm;
 #[cfg(feature = "flex")]

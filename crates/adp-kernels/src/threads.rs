@@ -1,5 +1,5 @@
-//! Where the caller's own work runs: on a thread of rayon's global pool, so that the kernels'
-//! parallel loops start on a thread that is awake.
+//! The calling thread as one of rayon's threads, so that the kernels' parallel loops start on a
+//! thread that is awake.
 //!
 //! Called from a thread outside the pool (a program's main thread), each parallel loop of these
 //! kernels queues its work, wakes the pool's threads and puts the caller to sleep until they are
@@ -8,36 +8,37 @@
 //! wait for the serial work between the loops. Called from a thread of the pool, a loop starts on
 //! that thread at once and the other threads steal from it.
 
-/// Stack size of the pool's threads when [`run_in_pool`] builds it: that of a program's main
-/// thread on Linux (rayon's threads otherwise get Rust's 2 MiB).
-const STACK: usize = 8 << 20;
+/// Builds rayon's global pool with the calling thread as its first thread (index 0), and
+/// rayon's default number of threads in all (`RAYON_NUM_THREADS`, or one per CPU), the caller
+/// included. Call it first thing in a program's `main`, from the thread that stays alive until
+/// the end; the thread keeps its own stack, and its thread-local values are dropped at exit as
+/// before. Returns `false`, and changes nothing, where the pool exists already.
+pub fn join_global_pool() -> bool {
+    builder().build_global().is_ok()
+}
 
-/// Runs `f` on a thread of rayon's global pool and returns its result. If nothing has built the
-/// pool yet, it is built first with 8-MiB stacks and rayon's default number of threads
-/// (`RAYON_NUM_THREADS`, or one per CPU); a pool that exists keeps its settings.
-pub fn run_in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    // An error here means only that the pool exists already.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .stack_size(STACK)
-        .build_global();
-    // `scope` runs its closure on a thread of the pool, the caller waiting for it.
-    rayon::scope(|_| f())
+fn builder() -> rayon::ThreadPoolBuilder {
+    rayon::ThreadPoolBuilder::new().use_current_thread()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rayon::prelude::*;
 
+    /// The same builder on a pool of its own (the global one is shared by every test of this
+    /// binary): the thread that builds it is thread 0, and its parallel loops run in the pool.
     #[test]
-    fn the_work_runs_on_a_thread_of_the_pool_and_returns_its_result() {
-        assert_eq!(rayon::current_thread_index(), None, "a test thread");
-        let (index, sum) = run_in_pool(|| {
-            let sum: u64 = rayon::iter::ParallelIterator::sum(
-                rayon::iter::IntoParallelIterator::into_par_iter(1..=100u64),
-            );
-            (rayon::current_thread_index(), sum)
-        });
-        assert!(index.is_some(), "ran outside the pool");
-        assert_eq!(sum, 5050);
+    fn the_building_thread_is_the_pools_first_thread() {
+        std::thread::spawn(|| {
+            assert_eq!(rayon::current_thread_index(), None, "a thread of its own");
+            let pool = builder().num_threads(2).build().unwrap();
+            assert_eq!(rayon::current_thread_index(), Some(0));
+            assert_eq!(pool.current_thread_index(), Some(0));
+            let sum: u64 = pool.install(|| (1..=100u64).into_par_iter().sum());
+            assert_eq!(sum, 5050);
+        })
+        .join()
+        .unwrap();
     }
 }
