@@ -112,22 +112,20 @@ impl Same {
     /// The convolution of the `[N, C_in, H, W]` images `xs` with the weights `ws`, plus `bias`:
     /// `[N, C_out, H, W]`, in parallel over images.
     pub(super) fn convolve(&self, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        assert_eq!(ws.len(), self.c_out * self.c_in * self.taps.len());
         let packed = pack(ws, self.c_in, self.c_out, self.taps.len(), self.mo);
         let bias: Vec<f32> = match bias {
             Some(b) => b.to_vec(),
             None => vec![0.0; self.c_out],
         };
         let (image, output) = (self.c_in * self.hw, self.c_out * self.hw);
-        assert_eq!(ws.len(), self.c_out * self.c_in * self.taps.len());
         written(xs.len() / image * output, output, |b, y| {
             let x = &xs[b * image..][..image];
             // SAFETY: `of` checked that the CPU has AVX-512F.
             unsafe { image_avx512(self, x, &packed, &bias, y) }
         })
     }
-}
 
-impl Same {
     /// `∂L/∂W` `[C_out, C_in, k_h, k_w]` from the images `xs` and the output gradient `dys`,
     /// both read in place, or `None` where `C_out` is not a multiple of [`GRAD_MO`] or
     /// `C_in · taps` of 3:
