@@ -47,3 +47,10 @@ pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) fn relu(v: f32) -> f32 {
     if v <= 0.0 { 0.0 } else { v }
 }
+
+/// burn's `relu_backward` at one value: the gradient `g` where the ReLU's output `y` is `> 0`,
+/// zero elsewhere.
+#[inline(always)]
+pub(crate) fn relu_grad(g: f32, y: f32) -> f32 {
+    if y <= 0.0 { 0.0 } else { g }
+}

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::buffer::{with_scratch, written};
-use crate::lanes::{lane_sum, relu, vectorised};
+use crate::lanes::{lane_sum, relu, relu_grad, vectorised};
 
 use super::{AffineGrads, BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
@@ -113,7 +113,7 @@ fn through_relu<R>(g: &[f32], y: Option<&[f32]>, f: impl FnOnce(&[f32]) -> R) ->
             #[inline(always)]
             || {
                 for ((m, &g), &y) in masked.iter_mut().zip(g).zip(y) {
-                    *m = if y <= 0.0 { 0.0 } else { g };
+                    *m = relu_grad(g, y);
                 }
             },
         );
@@ -282,7 +282,7 @@ fn relu_backward(y: FlexTensor, g: FlexTensor) -> FlexTensor {
         let (y, g) = (py.plane_at(i), pg.plane_at(i));
         vectorised(
             #[inline(always)]
-            || write(o, g, y, |g, y| if y <= 0.0 { 0.0 } else { g }),
+            || write(o, g, y, relu_grad),
         )
     })
 }
