@@ -527,7 +527,7 @@ impl FastConv2d for Flex {
         };
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let (xs, dys) = (slice(&x), slice(&dy));
-        // The direct tiles first: on layers of 8 or more input channels they are 1.3-1.6× faster
+        // The direct tiles first: on layers of 8 or more input channels they were 1.1-1.6× faster
         // than the in-place ones, which win where the direct ones decline (the first layer).
         #[cfg(target_arch = "x86_64")]
         if let Some(dw) = direct::weight_grad(&g, xs, dys) {

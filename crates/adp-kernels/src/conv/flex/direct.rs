@@ -1,7 +1,8 @@
 //! Direct convolution and weight gradient, without an im2col matrix: ResNet-20's 3×3 layers,
 //! stride 1 and 2, and the input gradient of each stride-1 one, which is a convolution too
 //! ([`Geometry::transposed`]). On AVX-512, the stride-1 convolutions whose output is as large as
-//! their input run in place instead ([`super::same`]); the weight gradients all run here.
+//! their input run in place instead ([`super::same`]), and so do the weight gradients of layers
+//! with fewer than 8 input channels, which these tiles decline.
 //!
 //! Each image is copied once, with its zero padding, into planes `W_p` wide. With stride 1
 //! (`W_p = W + k_w − 1` for a 3×3 layer with padding 1), output position `q = h·W_p + w` of

@@ -131,8 +131,10 @@ impl Same {
     /// `C_in · taps` of 3:
     ///
     /// ```text
-    /// ∂W[o][c][t] = Σ_image Σ_p ∂y[o][p] · x[c][p + offset(t)]   (p and p + offset(t) inside the image)
+    /// ∂W[o][c][t] = Σ_image Σ_p ∂y[o][p] · x[c][p + offset(t)]
     /// ```
+    ///
+    /// over the positions `p` whose `p + offset(t)` lies inside the image.
     ///
     /// The images are summed in fixed chunks ([`sum_over_chunks`]), so the result does not
     /// depend on the number of threads.
@@ -190,9 +192,7 @@ unsafe fn grad_chunk<const R: usize>(s: &Same, xc: &[f32], dyc: &[f32], dw: &mut
     assert!(dw.len() == s.c_out * rows && s.masks.len() >= vectors * taps);
     assert!(s.c_out.is_multiple_of(GRAD_MO) && rows.is_multiple_of(R));
     // The lanes of each vector inside the plane.
-    let tail: Vec<u16> = (0..vectors)
-        .map(|v| (u32::MAX >> (32 - (hw - v * LANES).min(LANES))) as u16)
-        .collect();
+    let tail: Vec<u16> = (0..vectors).map(|v| first_lanes(hw - v * LANES)).collect();
     for o in (0..s.c_out).step_by(GRAD_MO) {
         for r in (0..rows).step_by(R) {
             // Row `r + j` reads input channel `(r + j) / taps` at tap `(r + j) % taps`: its offset
@@ -207,7 +207,7 @@ unsafe fn grad_chunk<const R: usize>(s: &Same, xc: &[f32], dyc: &[f32], dw: &mut
             };
             let mut acc = [[unsafe { _mm512_setzero_ps() }; R]; GRAD_MO];
             for (x, dy) in xc.chunks_exact(image).zip(dyc.chunks_exact(grad)) {
-                let rows: [*const f32; R] =
+                let planes: [*const f32; R] =
                     std::array::from_fn(|j| x.as_ptr().wrapping_offset(offset[j]));
                 let dy = dy[o * hw..].as_ptr();
                 for (v, &tail) in tail.iter().enumerate() {
@@ -221,7 +221,7 @@ unsafe fn grad_chunk<const R: usize>(s: &Same, xc: &[f32], dyc: &[f32], dw: &mut
                         // lie inside channel `c` of `x` (`Same::masks`).
                         let xv = unsafe {
                             let mask = *masks[j].add(v * taps);
-                            _mm512_maskz_loadu_ps(mask, rows[j].wrapping_add(at))
+                            _mm512_maskz_loadu_ps(mask, planes[j].wrapping_add(at))
                         };
                         for (a, &g) in acc.iter_mut().zip(&g) {
                             a[j] = unsafe { _mm512_fmadd_ps(g, xv, a[j]) };
@@ -236,6 +236,11 @@ unsafe fn grad_chunk<const R: usize>(s: &Same, xc: &[f32], dyc: &[f32], dw: &mut
             }
         }
     }
+}
+
+/// The mask of the first `n` of 16 lanes, `1 ≤ n` (all of them for `n ≥ 16`).
+fn first_lanes(n: usize) -> u16 {
+    (u32::MAX >> (32 - n.min(LANES))) as u16
 }
 
 /// One register tile: output channels `o..o + MO` (block `w` of the packed weights, `[C_in]
@@ -293,7 +298,7 @@ unsafe fn tile<const MO: usize, const NQ: usize>(
             unsafe {
                 _mm512_mask_storeu_ps(
                     at.as_mut_ptr().cast(),
-                    (u32::MAX >> (32 - lanes)) as u16,
+                    first_lanes(lanes),
                     _mm512_add_ps(*a, b),
                 )
             };
