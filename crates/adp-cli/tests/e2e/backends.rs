@@ -217,7 +217,9 @@ fn a_device_not_built_in_names_the_build_that_has_it() {
 /// choices (both run where the machine's cache is a directory of their own, which the first
 /// fills), and the resume runs where the machine's cache is an empty directory: it can find its
 /// kernels only in the run. A `cubecl.toml` in each directory puts the cache there and keeps the
-/// tests' own CubeCL settings (this crate's `cubecl.toml`).
+/// tests' own CubeCL settings (this crate's `cubecl.toml`). cubecl also tunes per layout of the
+/// operands, so the parameters must be stored alike after an optimizer step and after a load: the
+/// run must hold one choice for conv2's input gradient, whatever its timings picked.
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_member_parallel_run_resumes_to_the_same_weights() {
@@ -249,10 +251,32 @@ fn a_member_parallel_run_resumes_to_the_same_weights() {
     common::resume_to_two_epochs_with(&part, |c| {
         c.current_dir(&empty_cache);
     });
-    let weights = |r: &Path| std::fs::read(r.join("model.safetensors")).unwrap();
+    let weights = |r: &Path, file: &str| std::fs::read(r.join(file)).unwrap();
+    let first = "checkpoint/epoch-0001/model.safetensors";
     assert!(
-        weights(&whole) == weights(&part),
-        "the resumed member-parallel run's weights differ from the uninterrupted run's"
+        weights(&whole, "model.safetensors") == weights(&part, "model.safetensors"),
+        "the resumed member-parallel run's weights differ from the uninterrupted run's (after \
+         the first epoch they are {})",
+        if weights(&whole, first) == weights(&part, first) {
+            "the same"
+        } else {
+            "different already"
+        }
+    );
+    // The kernel of a convolution's input gradient is tuned per layout of its weights: were the
+    // weights after an optimizer step stored otherwise than those read from a checkpoint, the
+    // run would hold a second choice for conv2 (the CNN's only input gradient), and a resume
+    // would differ from the run wherever the two choices sum in other orders.
+    let tuned = burn::cubecl::bundle::open(whole.join(adp::autotune::FILE)).unwrap();
+    let mut layouts = 0;
+    for namespace in tuned.namespaces() {
+        if namespace.ends_with("conv-backward_data-tune") {
+            tuned.scan(&namespace, &mut |_, _| layouts += 1);
+        }
+    }
+    assert_eq!(
+        layouts, 1,
+        "conv2's input gradient was tuned for {layouts} weight layouts"
     );
 }
 

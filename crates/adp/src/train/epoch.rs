@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::store::ModuleSnapshot;
@@ -100,10 +100,39 @@ pub(crate) fn descend(
                 return m;
             }
             let g = GradientsParams::from_module(&mut grads, &m);
-            optims[j].step(lrs[j], m, g)
+            row_major(optims[j].step(lrs[j], m, g))
         })
         .collect();
     Ok((model, value))
+}
+
+/// `member` with each parameter stored in its logical, row-major order.
+///
+/// An optimizer step leaves a parameter in the memory layout of its gradient, which on the
+/// cubecl backends (wgpu, CUDA) is channels-last for a convolution's weights, while a checkpoint
+/// loads every parameter row-major. cubecl autotunes its convolutions per operand layout (the
+/// key of burn-cubecl's input-gradient kernel holds the weights' stride alignment) and may pick
+/// a kernel for one layout that sums in another order than its pick for the other. With the
+/// parameters row-major after every step, the first step after a resume runs the kernels of the
+/// uninterrupted run's step, not the other layout's. A parameter that is row-major already is not
+/// copied ([`crate::tensor::standard_layout`]).
+fn row_major(member: crate::model::Member) -> crate::model::Member {
+    member.map(&mut RowMajor)
+}
+
+/// The [`row_major`] mapper.
+struct RowMajor;
+
+impl ModuleMapper for RowMajor {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| {
+            let tracked = t.is_require_grad();
+            // The reshapes make a tensor of the graph; detached again, it is a leaf once more.
+            crate::tensor::standard_layout(t.detach())
+                .detach()
+                .set_require_grad(tracked)
+        })
+    }
 }
 
 /// One step of Algorithm 1 on `batch`: the objective (ECE or ADP, Eq. 5, plus the L2 penalty on
