@@ -11,7 +11,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Shape;
 
-use super::{BatchNormGrads, BatchNormOutput, FusedBatchNorm};
+use super::{AffineGrads, BatchNormGrads, BatchNormOutput, FusedBatchNorm};
 
 /// What the backward kernels need: checkpointed `x` and `γ`, the batch mean and variance, ε,
 /// and the output if a ReLU was fused (its zeros mask the gradient).
@@ -166,16 +166,11 @@ fn affine_grads<B: FusedBatchNorm>(
     ckpt: &mut Checkpointer,
 ) -> [Option<FloatTensor<B>>; 4] {
     let (x_id, scale, output) = state;
-    let (dx, g) = match output {
-        Some(y) => {
-            let grads = B::fused_affine_relu_backward(y, output_grad, scale);
-            (grads.x, grads.masked)
-        }
-        None => {
-            let scale = super::per_channel::<B>(scale, &output_grad);
-            (B::float_mul(output_grad.clone(), scale), output_grad)
-        }
+    let grads = match output {
+        Some(y) => B::fused_affine_relu_backward(y, output_grad, scale),
+        None => AffineGrads::of(output_grad, scale),
     };
+    let (dx, g) = (grads.x, grads.masked);
     if !params {
         return [Some(dx), None, None, Some(g)];
     }

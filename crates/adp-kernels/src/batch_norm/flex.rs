@@ -5,7 +5,7 @@
 //! 64 × 32 × 32 values is summed about as accurately as a pairwise sum.
 
 use burn::backend::Flex;
-use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -251,9 +251,7 @@ impl FusedBatchNorm for Flex {
     ) -> AffineGrads<Self> {
         let masked = relu_backward(output, output_grad);
         if !native(&masked) || !per_channel(&masked, &[&scale]) {
-            let scale = super::per_channel::<Flex>(scale, &masked);
-            let x = <Flex as FloatTensorOps<Flex>>::float_mul(masked.clone(), scale);
-            return AffineGrads { x, masked };
+            return AffineGrads::of(masked, scale);
         }
         let masked = masked.to_contiguous();
         let (shape, scale) = (masked.layout().shape().to_vec(), read(&scale));

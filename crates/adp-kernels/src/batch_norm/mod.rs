@@ -74,6 +74,18 @@ pub struct AffineGrads<B: Backend> {
     pub masked: FloatTensor<B>,
 }
 
+impl<B: Backend> AffineGrads<B> {
+    /// The gradients of `x · scale + shift` given `masked`, its output's gradient: `masked`
+    /// itself, and `masked · scale` per channel for `x`.
+    pub(crate) fn of(masked: FloatTensor<B>, scale: FloatTensor<B>) -> Self {
+        let scale = per_channel::<B>(scale, &masked);
+        Self {
+            x: B::float_mul(masked.clone(), scale),
+            masked,
+        }
+    }
+}
+
 impl<B: Backend> From<BatchNormTrain<B>> for BatchNormOutput<B> {
     fn from(out: BatchNormTrain<B>) -> Self {
         Self {
@@ -204,11 +216,7 @@ pub trait FusedBatchNorm: Backend {
         output_grad: FloatTensor<Self>,
         scale: FloatTensor<Self>,
     ) -> AffineGrads<Self> {
-        let masked = Self::relu_backward(output, output_grad);
-        AffineGrads {
-            x: Self::float_mul(masked.clone(), per_channel::<Self>(scale, &masked)),
-            masked,
-        }
+        AffineGrads::of(Self::relu_backward(output, output_grad), scale)
     }
 }
 
